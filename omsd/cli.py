@@ -1,0 +1,76 @@
+"""The `omsd` command: run, download, upload, broker."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omsd import exitcodes
+
+
+def _broker_command(args: argparse.Namespace) -> int:
+    from omsd.broker import BrokerError, run_broker
+
+    try:
+        return run_broker(args.port, args.data_dir)
+    except BrokerError as exc:
+        print(f"omsd broker: {exc}", file=sys.stderr)
+        return exitcodes.RET_ERROR
+
+
+def _upload_command(args: argparse.Namespace) -> int:
+    from omsd.upload import upload_command
+
+    return upload_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from omsd.daemon import run_command
+
+    return run_command(args)
+
+
+def _download_command(args: argparse.Namespace) -> int:
+    from omsd.daemon import download_command
+
+    return download_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omsd", description="Move and process data files through Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, type=Path, help="YAML (or OpenMSIStream INI) config file")
+    run.set_defaults(func=_run_command)
+
+    download = sub.add_parser("download", help="save every file from a topic into DIR (one 'save' pipeline)")
+    download.add_argument("dir", type=Path)
+    download.add_argument("--config", required=True, type=Path)
+    download.add_argument("--topic", "--topic_name", dest="topic", required=True)
+    download.add_argument("--consumer_group_id", "--group-id", dest="group_id", default=None)
+    download.add_argument("--download_regex", "--match", dest="match", default=None)
+    download.add_argument("--workers", "--n_threads", dest="workers", type=int, default=None)
+    download.set_defaults(func=_download_command)
+
+    from omsd.upload import add_upload_arguments
+
+    upload = sub.add_parser("upload", help="upload files or directories as OpenMSIStream chunk messages")
+    add_upload_arguments(upload)
+    upload.set_defaults(func=_upload_command)
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback")
+    broker.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    broker.add_argument("--data-dir", type=Path, default=None, help="directory for the broker's log")
+    broker.set_defaults(func=_broker_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""Loading and validating omsd's configuration (YAML, or OpenMSIStream INI).
+
+YAML scalars may use ``${VAR}`` and ``${VAR:-default}``; INI values that
+start with ``$`` name an environment variable, as in OpenMSIStream. Errors
+name the file and line and raise :class:`ConfigError` (exit code 78).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20,
+               "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40}
+# librdkafka rejects the serializer names OpenMSIStream keeps in its INI files.
+_INI_IGNORED_KEYS = {"key.serializer", "value.serializer", "key.deserializer", "value.deserializer"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and line where it was found."""
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    memory_bytes: int = 512 << 20
+    max_file_bytes: int = 64 << 30
+    expire_incomplete_secs: float = 3600.0
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    topic: str
+    interval_secs: float = 30.0
+    program_id: str = "omsd"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    topic: str
+    steps: list[tuple[str, dict[str, Any]]]
+    match: str | None = None
+    group_id: str | None = None
+    retries: int = 2
+
+    def matches(self, relative_path: str) -> bool:
+        return self.match is None or re.search(self.match, relative_path) is not None
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    broker: dict[str, Any] = field(default_factory=dict)
+    consumer: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    state_dir: Path = Path("var")
+    control_socket: Path = Path("var/omsd.sock")
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    staging: StagingConfig = field(default_factory=StagingConfig)
+    heartbeat: HeartbeatConfig | None = None
+    log_topic: str | None = None
+    metrics_port: int | None = None
+    shutdown_timeout_secs: float = 60.0
+    pipelines: list[PipelineConfig] = field(default_factory=list)
+
+    def group_for(self, pipeline: PipelineConfig) -> str:
+        """The consumer group of a pipeline: its own, the config's, or ``omsd.<name>``."""
+        return pipeline.group_id or self.consumer.get("group.id") or f"omsd.{pipeline.name}"
+
+
+def parse_size(value: Any, where: str) -> int:
+    """``512MiB``, ``2GB``, ``1048576`` → bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ConfigError(f"{where}: cannot read size {value!r} (use e.g. 512MiB, 2GB or a byte count)")
+    unit = (match.group(2) or "").lower()
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set and has no default")
+
+    return _ENV_RE.sub(repl, text)
+
+
+class _LineDict(dict):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
+    result = _LineDict(loader.construct_mapping(node, deep=True))
+    result.line = node.start_mark.line + 1
+    result.key_lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _expand_tree(node: Any, where: str) -> Any:
+    if isinstance(node, str):
+        try:
+            return expand_env(node)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if isinstance(node, _LineDict):
+        out = _LineDict({k: _expand_tree(v, where) for k, v in node.items()})
+        out.line, out.key_lines = node.line, node.key_lines
+        return out
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(v, where) for v in node]
+    return node
+
+
+class _Reader:
+    """Reads typed values from a parsed mapping, naming file and line in errors."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def where(self, node: Any, key: Any = None) -> str:
+        line = 0
+        if isinstance(node, _LineDict):
+            line = node.key_lines.get(key, node.line) if key is not None else node.line
+        name = str(self.path) if self.path else "<config>"
+        return f"{name}:{line}" if line else name
+
+    def mapping(self, node: Any, key: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        value = node.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where(node, key)}: '{key}' must be a mapping")
+        if allowed is not None:
+            unknown = sorted(set(map(str, value)) - allowed)
+            if unknown:
+                raise ConfigError(f"{self.where(value, unknown[0])}: unknown key '{unknown[0]}' in '{key}' "
+                                  f"(allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def number(self, node: Any, key: str, default: float, kind: type = float, minimum: float = 0) -> Any:
+        if key not in node or node[key] is None:
+            return default
+        raw = node[key]
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.where(node, key)}: '{key}' must be a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{self.where(node, key)}: '{key}' must be at least {minimum}")
+        return value
+
+    def string(self, node: Any, key: str, default: str | None = None, required: bool = False) -> str | None:
+        raw = node.get(key, default)
+        if raw is None:
+            if required:
+                raise ConfigError(f"{self.where(node)}: '{key}' is required")
+            return None
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(f"{self.where(node, key)}: '{key}' must be a string")
+        return str(raw)
+
+
+_TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
+             "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs"}
+_PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
+
+
+def _stringify(props: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka properties keep their YAML types except nested structures."""
+    return {str(k): v for k, v in props.items()}
+
+
+def _read_pipeline(reader: _Reader, node: Any, index: int) -> PipelineConfig:
+    if not isinstance(node, dict):
+        raise ConfigError(f"{reader.where(node)}: pipeline #{index + 1} must be a mapping")
+    unknown = sorted(set(map(str, node)) - _PIPELINE_KEYS)
+    if unknown:
+        raise ConfigError(f"{reader.where(node, unknown[0])}: unknown pipeline key '{unknown[0]}'")
+    name = reader.string(node, "name", required=True)
+    topic = reader.string(node, "topic", required=True)
+    match = reader.string(node, "match")
+    if match is not None:
+        try:
+            re.compile(match)
+        except re.error as exc:
+            raise ConfigError(f"{reader.where(node, 'match')}: bad regex in 'match': {exc}") from None
+    steps_node = node.get("steps")
+    if not isinstance(steps_node, list) or not steps_node:
+        raise ConfigError(f"{reader.where(node, 'steps')}: pipeline '{name}' needs a non-empty list of 'steps'")
+    steps: list[tuple[str, dict[str, Any]]] = []
+    for step in steps_node:
+        if not isinstance(step, dict) or len(step) != 1:
+            raise ConfigError(f"{reader.where(step if isinstance(step, dict) else node, None)}: "
+                              f"each step is a mapping with one key, e.g. '- save: {{dir: /srv/out}}'")
+        kind, options = next(iter(step.items()))
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{reader.where(step, kind)}: options of step '{kind}' must be a mapping")
+        steps.append((str(kind), dict(options)))
+    pipeline = PipelineConfig(
+        name=str(name), topic=str(topic), steps=steps, match=match,
+        group_id=reader.string(node, "group.id") or reader.string(node, "group_id"),
+        retries=int(reader.number(node, "retries", 2, int)),
+    )
+    _validate_steps(reader, node, pipeline)
+    return pipeline
+
+
+def _validate_steps(reader: _Reader, node: Any, pipeline: PipelineConfig) -> None:
+    from workers.pipeline import validate_pipeline  # stdlib-light; never imports Kafka
+
+    errors = validate_pipeline(pipeline.name, pipeline.topic, pipeline.steps)
+    if errors:
+        steps_node = node.get("steps") or []
+        line_of = reader.where(node, "steps")
+        # Point at the first offending step when the message names its index.
+        for i, step in enumerate(steps_node):
+            if f"step {i + 1}" in errors[0] or f"#{i + 1}" in errors[0]:
+                line_of = reader.where(step)
+        raise ConfigError(f"{line_of}: pipeline '{pipeline.name}': {errors[0]}")
+
+
+def _from_mapping(data: Any, path: Path | None) -> Config:
+    reader = _Reader(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader.where(data)}: the configuration must be a mapping")
+    unknown = sorted(set(map(str, data)) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{reader.where(data, unknown[0])}: unknown key '{unknown[0]}' "
+                          f"(allowed: {', '.join(sorted(_TOP_KEYS))})")
+    cfg = Config(path=path)
+    cfg.broker = _stringify(reader.mapping(data, "broker"))
+    cfg.consumer = _stringify(reader.mapping(data, "consumer"))
+    cfg.producer = _stringify(reader.mapping(data, "producer"))
+    cfg.state_dir = Path(reader.string(data, "state_dir", "var") or "var")
+    sock = reader.string(data, "control_socket")
+    cfg.control_socket = Path(sock) if sock else cfg.state_dir / "omsd.sock"
+    cfg.workers = int(reader.number(data, "workers", os.cpu_count() or 1, int, minimum=1))
+    cfg.shutdown_timeout_secs = float(reader.number(data, "shutdown_timeout_secs", 60.0))
+    staging = reader.mapping(data, "staging", {"memory_bytes", "max_file_bytes", "expire_incomplete_secs"})
+    defaults = StagingConfig()
+    cfg.staging = StagingConfig(
+        memory_bytes=parse_size(staging.get("memory_bytes", defaults.memory_bytes), reader.where(staging, "memory_bytes")),
+        max_file_bytes=parse_size(staging.get("max_file_bytes", defaults.max_file_bytes), reader.where(staging, "max_file_bytes")),
+        expire_incomplete_secs=float(reader.number(staging, "expire_incomplete_secs", defaults.expire_incomplete_secs)),
+    )
+    heartbeat = reader.mapping(data, "heartbeat", {"topic", "interval_secs", "program_id"})
+    if heartbeat:
+        cfg.heartbeat = HeartbeatConfig(
+            topic=str(reader.string(heartbeat, "topic", required=True)),
+            interval_secs=float(reader.number(heartbeat, "interval_secs", 30.0, minimum=0.1)),
+            program_id=str(reader.string(heartbeat, "program_id", "omsd")),
+        )
+    cfg.log_topic = reader.string(reader.mapping(data, "log", {"topic"}), "topic")
+    metrics = reader.mapping(data, "metrics", {"port"})
+    if metrics:
+        cfg.metrics_port = int(reader.number(metrics, "port", 0, int, minimum=0))
+    pipelines = data.get("pipelines") or []
+    if not isinstance(pipelines, list):
+        raise ConfigError(f"{reader.where(data, 'pipelines')}: 'pipelines' must be a list")
+    cfg.pipelines = [_read_pipeline(reader, node, i) for i, node in enumerate(pipelines)]
+    names = [p.name for p in cfg.pipelines]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{reader.where(data, 'pipelines')}: duplicate pipeline name '{duplicates[0]}'")
+    return cfg
+
+
+def _ini_value(value: str, where: str) -> str:
+    if value.startswith("$"):
+        name = value[1:].strip("{}")
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def _from_ini(text: str, path: Path | None) -> Config:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=str(path) if path else "<config>")
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    sections: dict[str, dict[str, Any]] = {}
+    for section in parser.sections():
+        values = {}
+        for key, raw in parser.items(section):
+            if key in _INI_IGNORED_KEYS:
+                continue
+            values[key] = _ini_value(raw, f"{path}[{section}] {key}")
+        sections[section] = values
+    unknown = sorted(set(sections) - {"broker", "consumer", "producer", "heartbeat", "log"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
+    consumer = sections.get("consumer", {})
+    if consumer.get("group.id") == "create_new":  # OpenMSIStream: a fresh group every run
+        consumer["group.id"] = f"omsd-{uuid.uuid4().hex[:12]}"
+    return Config(path=path, broker=sections.get("broker", {}), consumer=consumer,
+                  producer=sections.get("producer", {}))
+
+
+def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False) -> Config:
+    """Read a YAML (``.yaml``/``.yml``/anything else) or INI (``.config``/``.ini``/``[section]``) file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    looks_ini = path.suffix in (".ini", ".config", ".cfg") or text.lstrip().startswith("[")
+    if looks_ini:
+        cfg = _from_ini(text, path)
+    else:
+        try:
+            data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        cfg = _from_mapping(_expand_tree(data, str(path)), path)
+    if require_pipelines and not cfg.pipelines:
+        raise ConfigError(f"{path}: no pipelines configured ('omsd run' needs at least one)")
+    return cfg

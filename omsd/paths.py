@@ -1,0 +1,71 @@
+"""Path safety for file names that arrive over the wire.
+
+Stdlib only: imported by both the supervisor and the worker processes.
+A relative path from a message is accepted only if it is made of plain
+name components; anything that could leave an output directory is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+
+
+class UnsafePathError(ValueError):
+    """A subdirectory or file name that could escape its output root."""
+
+
+def _check_component(part: str, what: str) -> None:
+    if part in ("", ".", ".."):
+        raise UnsafePathError(f"{what} has an empty, '.' or '..' component")
+    if "\x00" in part:
+        raise UnsafePathError(f"{what} contains a NUL byte")
+    if "\\" in part:
+        raise UnsafePathError(f"{what} contains a backslash")
+    if len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        raise UnsafePathError(f"{what} has a component longer than {MAX_COMPONENT_BYTES} bytes")
+
+
+def safe_relative_path(subdir_str: str, filename: str) -> PurePosixPath:
+    """Return ``subdir_str/filename`` as a relative posix path, or raise UnsafePathError.
+
+    ``subdir_str`` may be empty (a file at the upload root); otherwise it is a
+    ``/``-separated list of plain directory names. ``filename`` is one plain name.
+    """
+    if not isinstance(subdir_str, str) or not isinstance(filename, str):
+        raise UnsafePathError("subdir_str and filename must be strings")
+    if "/" in filename:
+        raise UnsafePathError("filename contains '/'")
+    _check_component(filename, "filename")
+    parts: list[str] = []
+    if subdir_str != "":
+        if subdir_str.startswith("/"):
+            raise UnsafePathError("subdir_str is absolute")
+        for part in subdir_str.split("/"):
+            _check_component(part, "subdir_str")
+            parts.append(part)
+    rel = PurePosixPath(*parts, filename)
+    if len(str(rel).encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise UnsafePathError(f"path longer than {MAX_PATH_BYTES} bytes")
+    return rel
+
+
+def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -> Path:
+    """Join ``relative`` under ``root`` and prove the result stays inside ``root``.
+
+    Symlinks already present under ``root`` are resolved, so a link pointing
+    outside the root is refused as well.
+    """
+    rel = PurePosixPath(relative)
+    if rel.is_absolute():
+        raise UnsafePathError("path is absolute")
+    for part in rel.parts:
+        _check_component(part, "path")
+    root_resolved = Path(root).resolve()
+    target = (root_resolved / Path(*rel.parts)).resolve()
+    if target == root_resolved or root_resolved not in target.parents:
+        raise UnsafePathError(f"path {str(rel)!r} resolves outside {str(root_resolved)!r}")
+    return target

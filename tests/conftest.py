@@ -1,0 +1,60 @@
+"""Shared fixtures: a real Kafka-protocol broker (embedded Tansu) on a free loopback port."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded broker for the whole test session."""
+    log_dir = tmp_path_factory.mktemp("broker")
+    embedded = EmbeddedBroker(data_dir=log_dir)
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A fresh broker for a module that moves a lot of data (Tansu keeps it all in memory)."""
+    embedded = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker"))
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def client_props(bootstrap: str) -> dict:
+    """Consumer settings that keep Tansu's group join short."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "session.timeout.ms": EMBEDDED_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": 500,
+    }
+
+
+def write_config(path: Path, bootstrap: str, *, state_dir: Path | None = None, extra: str = "") -> Path:
+    """A minimal omsd YAML config for tests."""
+    state = state_dir or path.parent / "state"
+    path.write_text(
+        f"""broker:
+  bootstrap.servers: {bootstrap}
+consumer:
+  session.timeout.ms: {EMBEDDED_SESSION_TIMEOUT_MS}
+  heartbeat.interval.ms: 500
+state_dir: {state}
+{extra}"""
+    )
+    return path
