@@ -1,0 +1,92 @@
+"""`omsd run` and `omsd download`: configuration, the state-directory lock, the supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from omsd import exitcodes
+from omsd.config import Config, ConfigError, PipelineConfig, load_config
+from omsd.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+class StateDirLocked(RuntimeError):
+    """Another daemon is running on this state directory."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive lock on ``state_dir/omsd.lock`` for the life of the process."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "omsd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise StateDirLocked(f"another omsd (pid {holder or '?'}) is running on {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def serve(config: Config) -> int:
+    """Run the supervisor until it stops; returns the process exit code."""
+    from omsd.supervisor import Supervisor
+
+    try:
+        lock_fd = lock_state_dir(config.state_dir)
+    except StateDirLocked as exc:
+        print(f"omsd: {exc}", file=sys.stderr)
+        return exitcodes.RET_LOCKED
+    try:
+        return Supervisor(config).run()
+    finally:
+        os.close(lock_fd)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    configure_logging(process="supervisor")
+    try:
+        config = load_config(args.config, require_pipelines=True)
+    except ConfigError as exc:
+        print(f"omsd: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.RET_CONFIG
+    return serve(config)
+
+
+def download_config(config: Config, directory: Path, topic: str, *, group_id: str | None = None,
+                    match: str | None = None, workers: int | None = None) -> Config:
+    """The one-pipeline configuration behind `omsd download`: save every file from ``topic``."""
+    pipeline = PipelineConfig(name="download", topic=topic, steps=[("save", {"dir": str(directory)})],
+                              match=match, group_id=group_id)
+    changes: dict = {"pipelines": [pipeline]}
+    if workers:
+        changes["workers"] = workers
+    return replace(config, **changes)
+
+
+def download_command(args: argparse.Namespace) -> int:
+    configure_logging(process="supervisor")
+    try:
+        config = load_config(args.config)
+        config = download_config(config, args.dir.resolve(), args.topic, group_id=args.group_id,
+                                 match=args.match, workers=args.workers)
+        if args.match:
+            import re
+
+            try:
+                re.compile(args.match)
+            except re.error as exc:
+                raise ConfigError(f"--download_regex: {exc}") from None
+    except ConfigError as exc:
+        print(f"omsd: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.RET_CONFIG
+    return serve(config)

@@ -1,0 +1,197 @@
+"""Intake: one consumer group — reads chunk messages, assembles files, commits safe offsets.
+
+Offsets are committed only up to the watermark (see :mod:`omsd.watermark`),
+never automatically. Under backpressure the consumer pauses its partitions and
+keeps polling, so it stays in its group during a slow analysis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+import structlog
+from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
+
+from omsd.assembly import Assembler, FileAssembly, FileKey
+from omsd.config import Config, PipelineConfig
+from omsd.kafka import make_consumer
+from omsd.protocol import ProtocolError, decode_chunk
+from omsd.registry import Registry
+from omsd.staging import Staging, StagingFull
+from omsd.watermark import Watermarks
+
+log = structlog.get_logger(__name__)
+
+FINISHED_CACHE_SIZE = 10000
+RECENT_REJECTIONS = 50
+
+
+class Intake:
+    """One consumer group's consumer, assembler and watermarks."""
+
+    def __init__(self, config: Config, group_id: str, pipelines: list[PipelineConfig], staging: Staging,
+                 registry: Registry, on_read: Callable[[int], None]) -> None:
+        self.group_id = group_id
+        self.pipelines = pipelines
+        self.topics = sorted({p.topic for p in pipelines})
+        self.registry = registry
+        self.on_read = on_read
+        self.consumer = make_consumer(config, group_id)
+        self.watermarks = Watermarks()
+        self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
+        self.assigned: set[tuple[str, int]] = set()
+        self.paused = False
+        self.rejected: Counter[str] = Counter()
+        self.recent_rejections: list[dict] = []
+        self.messages_read = 0
+        self._finished: OrderedDict[FileKey, bool] = OrderedDict()
+        self._last_commit = 0.0
+
+    # -- group membership --------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    def _on_assign(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.assigned |= tps
+        log.info("partitions assigned", group=self.group_id, partitions=sorted(tps))
+        if self.paused:
+            self.consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.commit(force=True, only=tps)
+        self._drop(tps, "revoked")
+
+    def _on_lost(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        self._drop({(p.topic, p.partition) for p in partitions}, "lost")
+
+    def _drop(self, tps: set[tuple[str, int]], why: str) -> None:
+        dropped = self.assembler.drop_partitions(tps)
+        self.watermarks.forget(tps)
+        self.assigned -= tps
+        log.info(f"partitions {why}", group=self.group_id, partitions=sorted(tps), partial_files_dropped=len(dropped))
+
+    # -- reading -----------------------------------------------------------------------------------
+    def poll(self, timeout: float) -> list[FileAssembly]:
+        """Read a batch of messages; return the files they completed."""
+        completed: list[FileAssembly] = []
+        rewound: set[tuple[str, int]] = set()
+        for msg in self.consumer.consume(num_messages=500, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", group=self.group_id, error=str(err))
+                continue
+            tp = (msg.topic(), msg.partition())
+            if tp in rewound:
+                continue
+            try:
+                done = self._handle(msg, tp)
+            except StagingFull as exc:
+                # Nothing is lost: re-read from this message once space returns.
+                log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
+                self.consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
+                rewound.add(tp)
+                self.pause()
+                continue
+            self.watermarks.consumed(tp, msg.offset())
+            if done is not None:
+                completed.append(done)
+        return completed
+
+    def _handle(self, msg: object, tp: tuple[str, int]) -> FileAssembly | None:
+        value = msg.value()  # type: ignore[attr-defined]
+        self.messages_read += 1
+        self.on_read(len(value) if value else 0)
+        try:
+            chunk = decode_chunk(value, max_file_size=self.assembler.max_file_size)
+        except ProtocolError as exc:
+            self.reject(exc, tp, msg.offset())  # type: ignore[attr-defined]
+            return None
+        pipelines = self.pipelines_for(tp[0], chunk.relative_path)
+        if not pipelines:
+            return None  # no pipeline wants this file: committed past, never staged
+        key = (tp[0], chunk.relative_path, chunk.file_hash)
+        if key not in self.assembler.files and self._already_finished(key, pipelines):
+            return None
+        try:
+            return self.assembler.add(tp[0], tp[1], msg.offset(), chunk)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            self.reject(exc, tp, msg.offset())  # type: ignore[attr-defined]
+            return None
+
+    def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
+        """A message we cannot use: logged with where it is, counted, skipped."""
+        self.rejected[exc.reason] += 1
+        entry = {"time": time.time(), "topic": tp[0], "partition": tp[1], "offset": offset, "reason": exc.reason,
+                 "detail": exc.detail}
+        self.recent_rejections = (self.recent_rejections + [entry])[-RECENT_REJECTIONS:]
+        log.warning("rejected message", group=self.group_id, topic=tp[0], partition=tp[1], offset=offset,
+                    reason=exc.reason, detail=exc.detail)
+
+    def pipelines_for(self, topic: str, relative_path: str) -> list[PipelineConfig]:
+        return [p for p in self.pipelines if p.topic == topic and p.matches(relative_path)]
+
+    def _already_finished(self, key: FileKey, pipelines: list[PipelineConfig]) -> bool:
+        cached = self._finished.get(key)
+        if cached:
+            return True
+        finished = self.registry.is_finished(key[0], key[1], key[2].hex(), [p.name for p in pipelines])
+        if finished:
+            self._finished[key] = True
+            if len(self._finished) > FINISHED_CACHE_SIZE:
+                self._finished.popitem(last=False)
+        return finished
+
+    def mark_finished(self, key: FileKey) -> None:
+        self._finished[key] = True
+
+    def forget_finished(self, key: FileKey) -> None:
+        self._finished.pop(key, None)
+
+    # -- flow control and commits ------------------------------------------------------------------
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+
+    def commit(self, force: bool = False, only: set[tuple[str, int]] | None = None, every_s: float = 1.0) -> None:
+        """Commit the safe offsets that moved (at most every ``every_s`` unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._last_commit < every_s:
+            return
+        self._last_commit = now
+        offsets = self.watermarks.to_commit(only if only is not None else self.assigned)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - a failed commit is retried on the next tick
+            log.warning("offset commit failed", group=self.group_id, error=str(exc))
+            return
+        self.watermarks.committed(offsets)
+
+    def close(self) -> None:
+        self.commit(force=True)
+        self.consumer.close()
+
+    def describe_partitions(self) -> list[dict]:
+        out = []
+        for topic, partition in sorted(self.assigned | self.watermarks.partitions()):
+            tp = (topic, partition)
+            committed = self.watermarks.committed_offset(tp)
+            out.append({"group": self.group_id, "topic": topic, "partition": partition,
+                        "committed": committed if committed not in (None, OFFSET_INVALID) else None,
+                        "watermark": self.watermarks.safe(tp), "assigned": tp in self.assigned,
+                        "paused": self.paused})
+        return out

@@ -1,0 +1,149 @@
+"""The staging area: where file bytes wait between Kafka and the workers.
+
+Each file in assembly gets one staging file: a POSIX shared-memory segment
+(a file under /dev/shm, named with the ``omsd-`` prefix) while the memory
+budget allows, or a spill file under ``state_dir/spill`` beyond it. Chunks are
+written with ``pwrite`` at their offsets, so the supervisor never maps or
+copies whole files; workers open the same path read-only by name.
+
+The supervisor creates and unlinks every segment; workers only open and
+close. Everything with this daemon's prefix is removed at start, since the
+state-directory lock proves no other daemon is using it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "omsd-"
+
+
+class StagingFull(OSError):
+    """The spill directory ran out of space; fetching should pause."""
+
+
+@dataclass
+class StagedFile:
+    """A staging file: where one file's bytes are being assembled."""
+
+    path: str
+    kind: str  # "shm" or "spill"
+    reserved: int
+    fd: int = -1
+    size: int = 0
+
+    def ref(self) -> dict:
+        """What a worker needs to attach: path and length, never the bytes."""
+        return {"path": self.path, "kind": self.kind, "size": self.size}
+
+
+class Staging:
+    """Allocates staging files within a shared-memory budget, spilling to disk beyond it."""
+
+    def __init__(self, state_dir: Path, memory_budget: int, shm_dir: Path = SHM_DIR) -> None:
+        self.memory_budget = memory_budget
+        tag = f"{zlib.crc32(str(Path(state_dir).resolve()).encode()):08x}"
+        self.prefix = f"{SHM_PREFIX}{tag}-"
+        self.shm_dir = shm_dir if shm_dir.is_dir() and os.access(shm_dir, os.W_OK) else Path(state_dir) / "shm"
+        self.spill_dir = Path(state_dir) / "spill"
+        self.memory_used = 0
+        self.spill_used = 0
+        self.files = 0
+        self._counter = 0
+
+    def open(self) -> int:
+        """Create the directories and remove stale segments; returns how many were removed."""
+        self.shm_dir.mkdir(parents=True, exist_ok=True)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for directory in (self.shm_dir, self.spill_dir):
+            for stale in directory.glob(f"{self.prefix}*"):
+                try:
+                    stale.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        if removed:
+            log.warning("removed stale staging files from an earlier run", count=removed)
+        return removed
+
+    def allocate(self, estimated_size: int) -> StagedFile:
+        """A new, empty staging file for a file of about ``estimated_size`` bytes."""
+        self._counter += 1
+        name = f"{self.prefix}{os.getpid()}-{self._counter}"
+        if self.memory_used + estimated_size <= self.memory_budget:
+            path, kind = self.shm_dir / name, "shm"
+        else:
+            path, kind = self.spill_dir / name, "spill"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        staged = StagedFile(path=str(path), kind=kind, reserved=0, fd=fd)
+        self._account(staged, estimated_size)
+        self.files += 1
+        return staged
+
+    def _account(self, staged: StagedFile, new_reserved: int) -> None:
+        delta = new_reserved - staged.reserved
+        if delta == 0:
+            return
+        staged.reserved = new_reserved
+        if staged.kind == "shm":
+            self.memory_used += delta
+        else:
+            self.spill_used += delta
+
+    def write(self, staged: StagedFile, offset: int, data: bytes) -> None:
+        """Write one chunk at its offset (idempotent for duplicates)."""
+        try:
+            written = os.pwrite(staged.fd, data, offset)
+            while written < len(data):
+                written += os.pwrite(staged.fd, memoryview(data)[written:], offset + written)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StagingFull(exc.errno, f"no space left for staging in {Path(staged.path).parent}") from exc
+            raise
+        end = offset + len(data)
+        if end > staged.size:
+            staged.size = end
+        if end > staged.reserved:
+            self._account(staged, end)
+
+    def seal(self, staged: StagedFile) -> None:
+        """The file is complete: trim the reservation to its real size and close our descriptor."""
+        os.ftruncate(staged.fd, staged.size)
+        self._account(staged, staged.size)
+        os.close(staged.fd)
+        staged.fd = -1
+
+    def keep(self, staged: StagedFile, destination: Path) -> None:
+        """Copy a staged file's bytes to ``destination`` (e.g. to retry a failed file later)."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = destination.with_name(destination.name + ".tmp")
+        shutil.copyfile(staged.path, tmp)
+        os.truncate(tmp, staged.size)
+        os.replace(tmp, destination)
+
+    def release(self, staged: StagedFile) -> None:
+        """Give the staging space back: close, unlink, and update the budget."""
+        if staged.fd >= 0:
+            os.close(staged.fd)
+            staged.fd = -1
+        try:
+            os.unlink(staged.path)
+        except FileNotFoundError:
+            pass
+        self._account(staged, 0)
+        self.files -= 1
+
+    def snapshot(self) -> dict:
+        return {"memory_used": self.memory_used, "memory_budget": self.memory_budget,
+                "spill_used": self.spill_used, "files": self.files}

@@ -1,0 +1,114 @@
+"""Worker process entry point: verify each completed file and run its pipelines.
+
+Started with the ``spawn`` method by the supervisor's pool; never imports
+confluent_kafka. Talks to the supervisor over one duplex pipe:
+
+    supervisor → worker   {"task_id", "ref": {"path", "size"}, "file": {...}, "pipelines": [...], "done": {...}}
+                          or None to stop
+    worker → supervisor   {"type": "ready"}
+                          {"type": "step", "task_id", "outcome": {...}}      after each finished step
+                          {"type": "result", "task_id", "status", ...}      when the file is finished
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+BLOCK = 8 << 20
+EXIT_BOOT_FAILURE = 4  # mirrors omsd.exitcodes.RET_WORKER_BOOT
+
+
+def file_sha512(path: str, size: int) -> bytes:
+    """sha512 of the first ``size`` bytes of a staged file, read in blocks (GIL released)."""
+    digest = hashlib.sha512()
+    with open(path, "rb", buffering=0) as handle:
+        remaining = size
+        buffer = bytearray(min(BLOCK, max(size, 1)))
+        view = memoryview(buffer)
+        while remaining > 0:
+            n = handle.readinto(view[: min(BLOCK, remaining)])
+            if not n:
+                break
+            digest.update(view[:n])
+            remaining -= n
+    return digest.digest()
+
+
+def _outcome_dict(outcome: Any) -> dict:
+    return {"pipeline": outcome.pipeline, "index": outcome.index, "kind": outcome.kind, "status": outcome.status,
+            "attempts": outcome.attempts, "error": outcome.error, "duration_s": outcome.duration_s,
+            "messages": [(m.topic, m.key, m.value) for m in outcome.messages]}
+
+
+def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
+    """Verify one staged file and run the requested pipelines on it; returns the result message."""
+    from workers.datafile import DataFile
+
+    ref, meta = task["ref"], task["file"]
+    started = time.monotonic()
+    actual = file_sha512(ref["path"], ref["size"])
+    if actual != meta["file_hash"]:
+        return {"type": "result", "task_id": task["task_id"], "status": "hash_mismatch",
+                "error": f"whole-file sha512 mismatch ({ref['size']} bytes assembled)"}
+    results: dict[str, bool] = {}
+    datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
+                        filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],
+                        topic=meta["topic"], filename_append=meta.get("filename_append", ""))
+    for name in task["pipelines"]:
+        runner = runners[name]
+        done = set(task["done"].get(name, ()))
+
+        def on_step(outcome: Any) -> None:
+            send({"type": "step", "task_id": task["task_id"], "outcome": _outcome_dict(outcome)})
+
+        datafile.full_filepath = None
+        results[name] = runner.run(datafile, done, on_step)
+    datafile.release()
+    return {"type": "result", "task_id": task["task_id"], "status": "ok", "pipelines": results,
+            "duration_s": time.monotonic() - started}
+
+
+def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | None) -> None:
+    """The worker's loop: one task at a time until told to stop or the supervisor goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor; it stops us in order
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from omsd.logging import configure_logging
+
+    configure_logging(json=log_json, process="worker", slot=slot)
+    import structlog
+
+    log = structlog.get_logger("workers.main")
+    try:
+        from workers.pipeline import PipelineRunner
+
+        runners = {p["name"]: PipelineRunner(p["name"], p["topic"], p["steps"], retries=p.get("retries", 2),
+                                             backoff_s=p.get("backoff_s", 0.5)) for p in pipelines}
+    except Exception as exc:  # noqa: BLE001 - any failure here is a boot failure
+        log.error("worker failed to boot", error=repr(exc))
+        try:
+            conn.send({"type": "boot_failed", "error": repr(exc)})
+        finally:
+            sys.exit(EXIT_BOOT_FAILURE)
+    assert "confluent_kafka" not in sys.modules, "workers must not import confluent_kafka"
+    conn.send({"type": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # the supervisor is gone
+        if task is None:
+            return
+        try:
+            result = process(task, runners, conn.send)
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker
+            log.exception("file processing raised", path=task.get("file", {}).get("relative_path"))
+            result = {"type": "result", "task_id": task["task_id"], "status": "error", "error": repr(exc)}
+        try:
+            conn.send(result)
+        except (BrokenPipeError, OSError):
+            return
