@@ -79,6 +79,7 @@ class Supervisor:
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        self._install_signal_handlers()  # first: a stop during start-up is still graceful
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(cfg.state_dir / "registry.sqlite")
         self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes)
@@ -97,7 +98,6 @@ class Supervisor:
         self.control = ControlServer(cfg.control_socket, self._handlers())
         self.control.start()
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
-        self._install_signal_handlers()
         self.state = DaemonState.RUNNING
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
                  pipelines=[p.name for p in cfg.pipelines], groups=list(groups))
