@@ -1,0 +1,143 @@
+"""The ``save`` step: write the file to ``dir/subdir/filename``, atomically.
+
+The bytes are copied from the staging file into a temporary file in the
+target directory (``copy_file_range`` or ``sendfile`` where the kernel
+allows, plain reads and writes otherwise), fsynced, given the uploader's
+mtime, and renamed over the target. A reader never sees a partial file, and
+running the step again rewrites identical content.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+import structlog
+
+from omsd.paths import resolve_under, safe_relative_path
+from workers.datafile import DataFile
+from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext
+
+log = structlog.get_logger(__name__)
+
+COPY_BLOCK = 64 * 1024 * 1024
+TEMP_PREFIX = ".omsd-tmp-"
+_FALLBACK_ERRNOS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM}
+
+
+def target_path(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
+    """Where ``datafile`` goes under ``root``; raises UnsafePathError if it would escape."""
+    relative = safe_relative_path(datafile.subdir_str, datafile.filename)
+    return resolve_under(root, relative)
+
+
+def _copy_with(method: str, src: int, dst: int, offset: int, count: int) -> int:
+    if method == "copy_file_range":
+        return os.copy_file_range(src, dst, count, offset, offset)
+    if method == "sendfile":
+        return os.sendfile(dst, src, offset, count)
+    data = os.pread(src, count, offset)
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.pwrite(dst, view[written:], offset + written)
+    return written
+
+
+def copy_range(src: int, dst: int, size: int, block: int = COPY_BLOCK, methods: list[str] | None = None) -> None:
+    """Copy bytes ``[0, size)`` of fd ``src`` to the same offsets of fd ``dst``.
+
+    Tries ``copy_file_range``, then ``sendfile``, then reads and writes,
+    moving on when the kernel refuses a method for this pair of files.
+    """
+    if methods is None:
+        methods = [m for m in ("copy_file_range", "sendfile") if hasattr(os, m)] + ["readwrite"]
+    methods = list(methods)
+    offset = 0
+    while offset < size:
+        method = methods[0]
+        os.lseek(dst, offset, os.SEEK_SET)  # sendfile writes at the file position
+        try:
+            done = _copy_with(method, src, dst, offset, min(block, size - offset))
+        except OSError as exc:
+            if method != "readwrite" and exc.errno in _FALLBACK_ERRNOS:
+                methods.pop(0)
+                continue
+            raise
+        if done == 0:
+            raise OSError(errno.EIO, f"source ended after {offset} of {size} bytes")
+        offset += done
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
+    """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path."""
+    target = target_path(datafile, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(target))
+    temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    source = datafile.full_filepath if datafile.full_filepath is not None else datafile.staged_path
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            copy_range(src, dst, datafile.size)
+            os.ftruncate(dst, datafile.size)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        if datafile.file_mtime is not None:
+            os.utime(temp, (datafile.file_mtime, datafile.file_mtime))
+        os.replace(temp, target)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        os.close(src)
+    _fsync_dir(target.parent)
+    datafile.full_filepath = target
+    log.debug("file saved", path=str(target), size=datafile.size)
+    return target
+
+
+class SaveStep(Step):
+    """``save: {dir}`` — keep a copy of the file under ``dir``."""
+
+    kind = "save"
+    OPTIONS = {"dir": Option((str,), required=True)}
+
+    def __init__(self, options: dict | None, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        if not self.options["dir"].strip():
+            raise StepConfigError(f"{self.where}: option 'dir' must not be empty")
+        self.root = Path(self.options["dir"])
+
+    @property
+    def saves_file(self) -> bool:
+        return True
+
+    def run(self, ctx: StepContext) -> list[OutboundMessage]:
+        save_datafile(ctx.datafile, self.root)
+        return []
+
+    def restore(self, ctx: StepContext) -> None:
+        ctx.datafile.full_filepath = target_path(ctx.datafile, self.root)
