@@ -32,13 +32,15 @@ class Intake:
     """One consumer group's consumer, assembler and watermarks."""
 
     def __init__(self, config: Config, group_id: str, pipelines: list[PipelineConfig], staging: Staging,
-                 registry: Registry, on_read: Callable[[int], None]) -> None:
+                 registry: Registry, on_read: Callable[[int], None],
+                 on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None) -> None:
         self.group_id = group_id
         self.pipelines = pipelines
         self.topics = sorted({p.topic for p in pipelines})
         self.registry = registry
         self.on_read = on_read
-        self.consumer = make_consumer(config, group_id)
+        self.on_reject = on_reject
+        self.consumer = make_consumer(config, group_id, **({"error_cb": on_error} if on_error else {}))
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         self.assigned: set[tuple[str, int]] = set()
@@ -127,6 +129,8 @@ class Intake:
     def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
         """A message we cannot use: logged with where it is, counted, skipped."""
         self.rejected[exc.reason] += 1
+        if self.on_reject is not None:
+            self.on_reject(exc.reason)
         entry = {"time": time.time(), "topic": tp[0], "partition": tp[1], "offset": offset, "reason": exc.reason,
                  "detail": exc.detail}
         self.recent_rejections = (self.recent_rejections + [entry])[-RECENT_REJECTIONS:]

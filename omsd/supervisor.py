@@ -27,11 +27,12 @@ from omsd.control.server import ControlServer
 from omsd.heartbeat import Counters, HeartbeatSchedule, heartbeat_message
 from omsd.intake import Intake
 from omsd.kafka import make_producer
+from omsd.metrics import Metrics
 from omsd.pool import Task, WorkerBootError, WorkerPool
 from omsd.registry import Registry
 from omsd.staging import Staging
 from omsd.states import DaemonState
-from omsd.systemd import Notifier
+from omsd.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,10 @@ class Supervisor:
         self.broker_down_since: float | None = None
         self.stop_deadline: float | None = None
         self._jobs: dict[int, FileJob] = {}
+        self.ready_sent = False
+        interval = watchdog_interval()
+        self.watchdog_every = interval / 2 if interval else 1.0
+        self.next_watchdog = 0.0
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -91,7 +96,11 @@ class Supervisor:
         groups: dict[str, list[PipelineConfig]] = {}
         for pipeline in cfg.pipelines:
             groups.setdefault(cfg.group_for(pipeline), []).append(pipeline)
-        self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read)
+        self.metrics = Metrics()
+        if cfg.metrics_port is not None:
+            self.metrics.start_http(cfg.metrics_port)
+        self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
+                               on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error)
                         for group, pipelines in groups.items()]
         for intake in self.intakes:
             intake.subscribe()
@@ -131,7 +140,6 @@ class Supervisor:
         except WorkerBootError as exc:
             log.error("workers cannot boot", error=str(exc))
             return exitcodes.RET_WORKER_BOOT
-        ready_sent = False
         try:
             while self.state in (DaemonState.RUNNING, DaemonState.DRAINING):
                 self.handle_signals()
@@ -139,8 +147,8 @@ class Supervisor:
                 self.handle_worker_events()
                 self.manage_workers()
                 self.housekeeping()
-                if not ready_sent and self.pool.alive():
-                    ready_sent = True
+                if not self.ready_sent and self.pool.alive():
+                    self.ready_sent = True
                     self.notifier.ready(status=f"consuming with {len(self.pool.slots)} workers")
                 if self.state is DaemonState.DRAINING and self._drained():
                     break
@@ -284,6 +292,7 @@ class Supervisor:
     def _record_step(self, job: FileJob, outcome: dict, status: str, error: str | None) -> None:
         self.registry.record_step(job.record_id, outcome["pipeline"], outcome["index"], outcome["kind"], status,
                                   outcome["attempts"], error, outcome.get("duration_s") or 0.0)
+        self.metrics.observe_step(outcome["pipeline"], outcome["kind"], outcome.get("duration_s") or 0.0)
         if status == "failed":
             job.step_failures[outcome["pipeline"]] = f"{outcome['kind']} (step {outcome['index'] + 1}): {error}"
             self._error(f"{job.relative_path}: {outcome['pipeline']}/{outcome['kind']}: {error}")
@@ -301,6 +310,7 @@ class Supervisor:
                 ok = result["pipelines"].get(pipeline.name) and pipeline.name not in job.step_failures
                 error = None if ok else job.step_failures.get(pipeline.name, "failed")
                 self.registry.record_pipeline(job.record_id, pipeline.name, "done" if ok else "failed", error)
+                self._count_pipeline(pipeline.name, bool(ok), job.size)
             failed = [p.name for p in job.pipelines if p.name in job.step_failures
                       or not result["pipelines"].get(p.name)]
             self._finish(job, "failed" if failed else "done", "; ".join(job.step_failures.values()) or None,
@@ -309,7 +319,14 @@ class Supervisor:
             error = result.get("error") or status
             for pipeline in job.pipelines:
                 self.registry.record_pipeline(job.record_id, pipeline.name, "failed", error)
+                self._count_pipeline(pipeline.name, False, job.size)
             self._finish(job, "failed", error, keep=status != "hash_mismatch")
+
+    def _count_pipeline(self, pipeline: str, ok: bool, size: int) -> None:
+        if ok:
+            self.metrics.file_completed(pipeline, size)
+        else:
+            self.metrics.file_failed(pipeline)
 
     def _finish(self, job: FileJob, status: str, error: str | None, *, keep: bool) -> None:
         kept = None
@@ -340,7 +357,11 @@ class Supervisor:
             for pipeline in job.pipelines:
                 self.registry.record_pipeline(job.record_id, pipeline.name, "failed", error)
             self._finish(job, "failed", error, keep=True)
+        restarts = [slot.restarts for slot in self.pool.slots]
         self.pool.manage()
+        for slot, before in zip(self.pool.slots, restarts):
+            if slot.restarts > before:
+                self.metrics.worker_restarted(slot.index)
         self.pool.dispatch()
 
     # -- housekeeping ------------------------------------------------------------------------------
@@ -355,12 +376,15 @@ class Supervisor:
                                                    f"{len(assembly.received)}/{assembly.n_total} chunks")
             self._apply_backpressure(intake)
             intake.commit()
+        self.metrics.set_staging_bytes("memory", self.staging.memory_used)
+        self.metrics.set_staging_bytes("spill", self.staging.spill_used)
         self.control.poll(0)
         if self.heartbeat is not None and self.heartbeat.due(now):
             key, value = heartbeat_message(self.config.heartbeat.program_id, self.counters.snapshot_and_reset())
             self._produce(self.config.heartbeat.topic, key, value, None)
-        if self.healthy()[0]:
+        if self.ready_sent and now >= self.next_watchdog and self.healthy()[0]:
             self.notifier.watchdog()
+            self.next_watchdog = now + self.watchdog_every
 
     def _apply_backpressure(self, intake: Intake) -> None:
         if self.state is not DaemonState.RUNNING:
@@ -487,6 +511,8 @@ class Supervisor:
             self.registry.close()
         if hasattr(self, "control"):
             self.control.close()
+        if hasattr(self, "metrics"):
+            self.metrics.stop_http()
         self.state = DaemonState.STOPPED
         log.info("omsd stopped", exit_code=self.exit_code)
 

@@ -1,0 +1,145 @@
+"""Operating the daemon: omsctl, systemd notifications, heartbeats, metrics, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+from confluent_kafka import Consumer
+
+from omsd.broker import free_port
+from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
+from tests.conftest import client_props, write_config
+
+
+def omsctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omsd.ctl", *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+
+
+def test_operating_a_running_daemon(broker, topic, tmp_path) -> None:
+    out = tmp_path / "out"
+    hb_topic = f"hb-{uuid.uuid4().hex[:8]}"
+    metrics_port = free_port()
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
+heartbeat: {{topic: {hb_topic}, interval_secs: 0.5, program_id: lab1}}
+metrics: {{port: {metrics_port}}}
+pipelines:
+  - name: mirror
+    topic: {topic}
+    steps:
+      - save: {{dir: {out}}}
+""")
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.1)
+    files = {f"d/f{i}.bin": bytes([i]) * (50_000 + i) for i in range(5)}
+    n_chunks = sum(len(chunk_messages(rel, data)) for rel, data in files.items())
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log, {"NOTIFY_SOCKET": str(notify_path)})
+    received: list[str] = []
+
+    def drain_notify() -> None:
+        while True:
+            try:
+                received.extend(notify.recv(4096).decode().splitlines())
+            except (TimeoutError, socket.timeout):
+                return
+
+    try:
+        wait_for(lambda: drain_notify() or "READY=1" in received, 60, "READY=1", proc, log)
+        produce_files(broker.bootstrap, topic, files)
+        wait_for(lambda: out.exists() and tree(out) == files, 60, "files saved", proc, log)
+        wait_for(lambda: drain_notify() or "WATCHDOG=1" in received, 10, "WATCHDOG=1", proc, log)
+
+        check = omsctl("--config", str(cfg), "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert json.loads(check.stdout)["status"] == "healthy"
+        status = json.loads(omsctl("--config", str(cfg), "status", "--json").stdout)
+        assert status["totals"]["files_completed"] == len(files)
+        assert status["totals"]["messages_read"] == n_chunks
+        assert len(status["workers"]) == 2 and all(w["state"] == "RUNNING" for w in status["workers"])
+        human = omsctl("--config", str(cfg), "status")
+        assert human.returncode == 0 and "RUNNING" in human.stdout
+
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'omsd_files_completed_total{pipeline="mirror"} 5.0' in scraped
+
+        # Heartbeats: their read counters add up to what was sent.
+        consumer = Consumer({**client_props(broker.bootstrap), "group.id": f"hb-{uuid.uuid4().hex[:6]}",
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe([hb_topic])
+        beats: list[dict] = []
+
+        def heartbeats_add_up() -> bool:
+            for msg in consumer.consume(100, 0.5):
+                if msg.error() is None:
+                    assert msg.key() == b"lab1_heartbeat"
+                    beats.append(json.loads(msg.value()))
+            return sum(b["n_messages_read"] for b in beats) == n_chunks
+        wait_for(heartbeats_add_up, 30, "heartbeats counting every chunk", proc, log)
+        consumer.close()
+        assert sum(b["n_messages_processed"] for b in beats) == len(files)
+        assert all("timestamp" in b for b in beats)
+
+        stop = omsctl("--config", str(cfg), "stop", "--timeout", "30")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert proc.wait(5) == 0
+        assert not (tmp_path / "state" / "omsd.sock").exists()
+        drain_notify()
+        assert "STOPPING=1" in received
+    finally:
+        stop_daemon(proc)
+        notify.close()
+    assert omsctl("--config", str(cfg), "check").returncode == 3
+
+
+def test_check_reports_degraded_when_the_broker_is_unreachable(topic, tmp_path) -> None:
+    cfg = write_config(tmp_path / "omsd.yaml", f"127.0.0.1:{free_port()}", extra=f"""workers: 1
+pipelines:
+  - name: mirror
+    topic: {topic}
+    steps:
+      - save: {{dir: {tmp_path / 'out'}}}
+""")
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log)
+    try:
+        def degraded() -> bool:
+            result = omsctl("--config", str(cfg), "check")
+            return result.returncode == 1 and "broker" in result.stdout
+        wait_for(degraded, 60, "check to report the broker unreachable", proc, log)
+    finally:
+        assert stop_daemon(proc, signal.SIGINT) == 0
+
+
+def test_sigint_stops_gracefully_and_nothing_is_lost(broker, topic, tmp_path) -> None:
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
+pipelines:
+  - name: mirror
+    topic: {topic}
+    steps:
+      - save: {{dir: {out}}}
+      - call: {{function: tests.integration.funcs:slow}}
+""")
+    files = {f"s/f{i}.bin": bytes([i]) * 10_000 for i in range(6)}
+    produce_files(broker.bootstrap, topic, files)
+    log = tmp_path / "daemon.log"
+    env = {"OMSD_TEST_SLOW": "0.7"}
+    proc = start_daemon(["run", "--config", str(cfg)], log, env)
+    wait_for(lambda: out.exists() and len(tree(out)) >= 1, 60, "processing under way", proc, log)
+    assert stop_daemon(proc, signal.SIGINT) == 0
+    proc = start_daemon(["run", "--config", str(cfg)], log, env)
+    try:
+        wait_for(lambda: tree(out) == files, 60, "all files after the restart", proc, log)
+    finally:
+        assert stop_daemon(proc) == 0
+    time.sleep(0)
