@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# OpenMSIStream INI values: $VAR or ${VAR}, expanded when the value starts with "$".
+_INI_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
                "t": 10**12, "tb": 10**12, "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20,
@@ -83,6 +85,8 @@ def parse_size(value: Any, where: str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a size, got {value!r}")
     if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}: a size cannot be negative, got {value}")
         return value
     match = _SIZE_RE.match(str(value))
     if not match:
@@ -96,10 +100,11 @@ def expand_env(text: str) -> str:
 
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
+        value = os.environ.get(name)
+        if default is not None and not value:  # as in the shell: unset or empty takes the default
             return default
+        if value is not None:
+            return value
         raise ConfigError(f"environment variable {name} is not set and has no default")
 
     return _ENV_RE.sub(repl, text)
@@ -126,20 +131,21 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _expand_tree(node: Any, where: str) -> Any:
+def _expand_tree(node: Any, name: str, line: int = 0) -> Any:
+    """Expand ``${VAR}`` in every string of a parsed tree; errors name ``name:line``."""
     if isinstance(node, str):
         try:
             return expand_env(node)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{name}:{line}: {exc}" if line else f"{name}: {exc}") from None
     if isinstance(node, _LineDict):
-        out = _LineDict({k: _expand_tree(v, where) for k, v in node.items()})
+        out = _LineDict({k: _expand_tree(v, name, node.key_lines.get(k, node.line)) for k, v in node.items()})
         out.line, out.key_lines = node.line, node.key_lines
         return out
     if isinstance(node, dict):
-        return {k: _expand_tree(v, where) for k, v in node.items()}
+        return {k: _expand_tree(v, name, line) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_tree(v, where) for v in node]
+        return [_expand_tree(v, name, line) for v in node]
     return node
 
 
@@ -296,20 +302,29 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
     if not isinstance(pipelines, list):
         raise ConfigError(f"{reader.where(data, 'pipelines')}: 'pipelines' must be a list")
     cfg.pipelines = [_read_pipeline(reader, node, i) for i, node in enumerate(pipelines)]
-    names = [p.name for p in cfg.pipelines]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{reader.where(data, 'pipelines')}: duplicate pipeline name '{duplicates[0]}'")
+    seen: set[str] = set()
+    for node, pipeline in zip(pipelines, cfg.pipelines):
+        if pipeline.name in seen:
+            raise ConfigError(f"{reader.where(node, 'name')}: duplicate pipeline name '{pipeline.name}'")
+        seen.add(pipeline.name)
     return cfg
 
 
 def _ini_value(value: str, where: str) -> str:
-    if value.startswith("$"):
-        name = value[1:].strip("{}")
+    """OpenMSIStream expands environment variables in values that start with ``$``."""
+    if not value.startswith("$"):
+        return value
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
         if name not in os.environ:
             raise ConfigError(f"{where}: environment variable {name} is not set")
         return os.environ[name]
-    return value
+
+    expanded, count = _INI_VAR_RE.subn(repl, value)
+    if not count:
+        raise ConfigError(f"{where}: cannot expand {value!r} as an environment variable")
+    return expanded
 
 
 def _from_ini(text: str, path: Path | None) -> Config:
@@ -322,15 +337,17 @@ def _from_ini(text: str, path: Path | None) -> Config:
     for section in parser.sections():
         values = {}
         for key, raw in parser.items(section):
-            if key in _INI_IGNORED_KEYS:
-                continue
+            if key in _INI_IGNORED_KEYS or (key == "node_id" and section in ("broker", "consumer", "producer")):
+                continue  # OpenMSIStream keeps node_id for KafkaCrypto, never for librdkafka
             values[key] = _ini_value(raw, f"{path}[{section}] {key}")
         sections[section] = values
     unknown = sorted(set(sections) - {"broker", "consumer", "producer", "heartbeat", "log"})
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
     consumer = sections.get("consumer", {})
-    if consumer.get("group.id") == "create_new":  # OpenMSIStream: a fresh group every run
+    if consumer.get("auto.offset.reset") == "none":  # OpenMSIStream drops it; librdkafka rejects it
+        del consumer["auto.offset.reset"]
+    if str(consumer.get("group.id", "")).lower() == "create_new":  # OpenMSIStream: a fresh group every run
         consumer["group.id"] = f"omsd-{uuid.uuid4().hex[:12]}"
     return Config(path=path, broker=sections.get("broker", {}), consumer=consumer,
                   producer=sections.get("producer", {}))

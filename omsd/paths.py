@@ -64,8 +64,11 @@ def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -
         raise UnsafePathError("path is absolute")
     for part in rel.parts:
         _check_component(part, "path")
-    root_resolved = Path(root).resolve()
-    target = (root_resolved / Path(*rel.parts)).resolve()
+    try:
+        root_resolved = Path(root).resolve()
+        target = (root_resolved / Path(*rel.parts)).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unencodable name
+        raise UnsafePathError(f"path {str(rel)!r} cannot be resolved under {str(root)!r}: {exc}") from exc
     if target == root_resolved or root_resolved not in target.parents:
         raise UnsafePathError(f"path {str(rel)!r} resolves outside {str(root_resolved)!r}")
     return target

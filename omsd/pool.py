@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from omsd.sharding import shard_for
+from omsd.sharding import worker_slot_for
 from omsd.states import ProcessState
 from workers.main import EXIT_BOOT_FAILURE, worker_main
 
@@ -122,7 +122,7 @@ class WorkerPool:
 
     # -- work ------------------------------------------------------------------------------------
     def slot_for(self, relative_path: str) -> Slot:
-        return self.slots[shard_for(relative_path, len(self.slots))]
+        return self.slots[worker_slot_for(relative_path, len(self.slots))]
 
     def submit(self, task: Task) -> None:
         self.slot_for(task.relative_path).queue.append(task)

@@ -6,6 +6,7 @@ slot of a completed file. Never Python's ``hash()``, which is salted per process
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 
@@ -19,3 +20,15 @@ def shard_for(relative_path: str, n_shards: int) -> int:
     if n_shards < 1:
         raise ValueError("n_shards must be at least 1")
     return stable_hash(relative_path) % n_shards
+
+
+def worker_slot_for(relative_path: str, n_slots: int) -> int:
+    """The worker slot for a path: a hash independent of the partition hash.
+
+    With crc32 for both, a daemon owning partitions {0, 2} of 4 would send
+    every file to slot 0 of 2; a differently keyed blake2b spreads them.
+    """
+    if n_slots < 1:
+        raise ValueError("n_slots must be at least 1")
+    digest = hashlib.blake2b(relative_path.encode("utf-8", "surrogatepass"), digest_size=8, person=b"omsd-slot")
+    return int.from_bytes(digest.digest(), "big") % n_slots
