@@ -1,0 +1,524 @@
+"""`omsd upload`: send files as OpenMSIStream chunk messages, fast and acknowledged.
+
+Reader threads open, hash and encode files (hashlib releases the GIL) and
+hand finished messages to the producing thread through a bounded queue, so
+memory stays bounded while reading, hashing and producing overlap. Every chunk
+of a file goes to one partition, ``shard_for(relative_path, partitions)``,
+unless ``--partitioner default`` is given. The command exits 0 only when the
+broker acknowledged every chunk. ``--watch`` keeps running on one directory
+(see :mod:`omsd.watch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import queue
+import signal
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from omsd import exitcodes
+from omsd.config import Config, ConfigError, load_config
+from omsd.kafka import make_producer, producer_config
+from omsd.paths import UnsafePathError, safe_relative_path
+from omsd.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
+from omsd.sharding import shard_for
+
+log = structlog.get_logger(__name__)
+
+# Files up to this size are read once and kept in memory until sent; larger
+# ones are hashed in a first pass and read again chunk by chunk.
+IN_MEMORY_FILE_BYTES = 64 << 20
+# Encoded chunks waiting between the reader threads and the producer.
+CHUNK_QUEUE_BYTES = 64 << 20
+DEFAULT_CONNECT_TIMEOUT = 15.0
+
+
+class UploadError(RuntimeError):
+    """A problem that stops the whole upload (broker unreachable, missing topic)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file on disk and where it goes in the upload tree."""
+
+    path: Path
+    subdir_str: str
+    filename: str
+
+    @property
+    def relative_path(self) -> str:
+        return f"{self.subdir_str}/{self.filename}" if self.subdir_str else self.filename
+
+
+@dataclass(eq=False)
+class FileJob:
+    """One file's upload: filled in by a reader thread, completed by delivery reports."""
+
+    entry: FileEntry
+    skip_if_sha512: bytes | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    sha512: bytes = b""
+    n_total: int = 0
+    n_produced: int = 0
+    n_acked: int = 0
+    n_failed: int = 0
+    read_done: bool = False
+    skipped: bool = False  # content unchanged since ``skip_if_sha512``; nothing sent
+    error: str | None = None
+    finished: bool = False
+    on_done: Callable[["FileJob"], None] | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.error is None
+
+    def delivered(self, err: KafkaError | None, _msg: object) -> None:
+        """Delivery report of one chunk (called on the producing thread)."""
+        if err is None:
+            self.n_acked += 1
+        else:
+            self.n_failed += 1
+            if self.error is None:
+                self.error = f"chunk not acknowledged: {err.str()}"
+        self.check_finished()
+
+    def check_finished(self) -> None:
+        if self.finished or not self.read_done or self.n_acked + self.n_failed < self.n_produced:
+            return
+        self.finished = True
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+def collect_files(paths: list[Path]) -> list[FileEntry]:
+    """Expand file and directory arguments; raise FileNotFoundError for a missing one."""
+    entries: list[FileEntry] = []
+    for given in paths:
+        if given.is_dir():
+            entries.extend(walk_directory(given))
+        elif given.is_file():
+            entries.append(FileEntry(given, "", given.name))
+        elif given.exists():
+            raise FileNotFoundError(f"{given} is neither a regular file nor a directory")
+        else:
+            raise FileNotFoundError(f"{given} does not exist")
+    return entries
+
+
+def walk_directory(root: Path, *, skip_hidden: bool = False) -> Iterator[FileEntry]:
+    """Regular files under ``root`` in sorted order, with their posix subdirectory."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip_hidden:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        subdir = "" if rel_dir == "." else rel_dir
+        for name in sorted(filenames):
+            if skip_hidden and name.startswith("."):
+                continue
+            path = Path(dirpath, name)
+            try:
+                if not stat.S_ISREG(path.stat().st_mode):
+                    continue
+            except OSError:
+                continue
+            yield FileEntry(path, subdir, name)
+
+
+class Uploader:
+    """Reads, hashes and sends files; one producing thread (the caller's), N reader threads.
+
+    ``submit`` queues files; the caller drives sending with ``pump`` and ends
+    with ``finish``. ``on_done(job)`` runs on the caller's thread for every file.
+    """
+
+    def __init__(self, producer: Producer, topic: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 partitions: int | None = None, readers: int = 2,
+                 on_done: Callable[[FileJob], None] | None = None) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.chunk_size = chunk_size
+        self.partitions = partitions
+        self.on_done = on_done
+        self.bytes_produced = 0
+        self.pending: set[FileJob] = set()
+        self._jobs: queue.Queue[FileJob | None] = queue.Queue()
+        self._chunks: queue.Queue[tuple] = queue.Queue(max(4, CHUNK_QUEUE_BYTES // max(chunk_size, 1)))
+        self._abort = threading.Event()
+        self._readers = [threading.Thread(target=self._read_loop, name=f"omsd-upload-reader-{i}", daemon=True)
+                         for i in range(max(1, readers))]
+        for thread in self._readers:
+            thread.start()
+
+    # -- producing thread -------------------------------------------------
+
+    def submit(self, entry: FileEntry, skip_if_sha512: bytes | None = None) -> FileJob:
+        """Queue one file for upload."""
+        job = FileJob(entry, skip_if_sha512=skip_if_sha512, on_done=self._job_done)
+        self.pending.add(job)
+        self._jobs.put(job)
+        return job
+
+    def _job_done(self, job: FileJob) -> None:
+        self.pending.discard(job)
+        if self.on_done is not None:
+            self.on_done(job)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending
+
+    def pump(self, max_secs: float = 0.1) -> None:
+        """Produce queued chunks for up to ``max_secs`` and serve delivery reports."""
+        deadline = time.monotonic() + max_secs
+        while True:
+            try:
+                item = self._chunks.get(timeout=0.01)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._handle(item)
+            self.producer.poll(0)
+            if time.monotonic() >= deadline:
+                return
+
+    def _handle(self, item: tuple) -> None:
+        job: FileJob = item[0]
+        if len(item) == 1:  # end of the file's chunks (or error, or skipped)
+            job.read_done = True
+            job.check_finished()
+            return
+        _, key, value, partition, nbytes = item
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, partition=partition,
+                                      on_delivery=job.delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                job.error = job.error or f"cannot produce: {exc.args[0].str() if exc.args else exc}"
+                return
+        job.n_produced += 1
+        self.bytes_produced += nbytes
+
+    def finish(self, timeout: float | None = None) -> int:
+        """Stop the readers (after queued files) and wait for deliveries; return undelivered count."""
+        for _ in self._readers:
+            self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while any(t.is_alive() for t in self._readers) or not self._chunks.empty():
+            if deadline is not None and time.monotonic() > deadline:
+                self.abort()
+                break
+            self.pump(0.1)
+        while True:
+            left = self.producer.flush(0.5)
+            if left == 0 or (deadline is not None and time.monotonic() > deadline):
+                return left
+
+    def abort(self) -> None:
+        """Stop reading now; files not yet fully read stay unfinished."""
+        self._abort.set()
+        for _ in self._readers:
+            self._jobs.put(None)
+        while True:  # unblock readers waiting on a full queue
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
+
+    # -- reader threads ---------------------------------------------------
+
+    def _put(self, item: tuple) -> bool:
+        while not self._abort.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read_loop(self) -> None:
+        while not self._abort.is_set():
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._read_file(job)
+            except OSError as exc:
+                job.error = f"cannot read {job.entry.path}: {exc.strerror or exc}"
+            except (UnsafePathError, UnicodeError) as exc:
+                job.error = f"cannot send {job.entry.relative_path!r}: {exc}"
+            except Exception as exc:  # never let a reader thread die silently
+                log.exception("reading a file failed", path=str(job.entry.path))
+                job.error = f"cannot read {job.entry.path}: {exc}"
+            if not self._abort.is_set():
+                self._put((job,))
+
+    def _read_file(self, job: FileJob) -> None:
+        entry, size_cs = job.entry, self.chunk_size
+        safe_relative_path(entry.subdir_str, entry.filename)
+        entry.relative_path.encode("utf-8")  # a name that is not UTF-8 cannot travel
+        with open(entry.path, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())
+            job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
+            keep = st.st_size <= IN_MEMORY_FILE_BYTES
+            whole = hashlib.sha512()
+            kept: list[bytes] = []
+            chunk_hashes: list[bytes] = []
+            lengths: list[int] = []
+            while not self._abort.is_set():
+                data = _read_exactly(fh, size_cs)
+                if not data:
+                    break
+                whole.update(data)
+                chunk_hashes.append(hashlib.sha512(data).digest())
+                lengths.append(len(data))
+                if keep:
+                    kept.append(data)
+            if self._abort.is_set():
+                return
+            if not lengths:  # an empty file travels as one empty chunk
+                kept, chunk_hashes, lengths, keep = [b""], [EMPTY_SHA512], [0], True
+            job.sha512 = whole.digest()
+            job.size = sum(lengths)
+            job.n_total = len(lengths)
+            if job.skip_if_sha512 is not None and job.skip_if_sha512 == job.sha512:
+                job.skipped = True
+                return
+            partition = -1 if self.partitions is None else shard_for(entry.relative_path, self.partitions)
+            if not keep:
+                fh.seek(0)
+            offset = 0
+            for i, length in enumerate(lengths):
+                data = kept[i] if keep else _read_exactly(fh, length)
+                if len(data) != length:
+                    raise OSError(0, f"{entry.path} changed while it was being read")
+                if keep:
+                    kept[i] = b""  # let the memory go as soon as the message holds it
+                value = encode_chunk(filename=entry.filename, file_hash=job.sha512, data=data, offset=offset,
+                                     chunk_i=i + 1, n_total_chunks=job.n_total, subdir_str=entry.subdir_str,
+                                     file_mtime=st.st_mtime, chunk_hash=chunk_hashes[i])
+                key = chunk_key(entry.subdir_str, entry.filename, i + 1, job.n_total)
+                if not self._put((job, key, value, partition, length)):
+                    return
+                offset += length
+            if not keep:
+                after = os.fstat(fh.fileno())
+                if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                    raise OSError(0, f"{entry.path} changed while it was being read")
+
+
+def _read_exactly(fh, n: int) -> bytes:
+    """Read ``n`` bytes, or fewer only at the end of the file."""
+    data = fh.read(n)
+    if data is None or len(data) == n or not data:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = fh.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+# -- broker set-up ----------------------------------------------------------
+
+
+class _ErrorRecorder:
+    """Keeps the last librdkafka error so a failure can be explained in one line."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        self.last = err.str()
+
+
+def open_producer(config: Config, topic: str, *, file_affine: bool,
+                  connect_timeout: float) -> tuple[Producer, int | None, _ErrorRecorder]:
+    """A connected producer and the topic's partition count (None with the default partitioner)."""
+    errors = _ErrorRecorder()
+    quiet = logging.getLogger("omsd.upload.librdkafka")
+    quiet.setLevel(logging.CRITICAL)  # librdkafka's own lines would repeat what we report once
+    producer = make_producer(config, error_cb=errors, logger=quiet)
+    bootstrap = producer_config(config).get("bootstrap.servers", "?")
+    try:
+        metadata = producer.list_topics(topic, timeout=connect_timeout)
+    except KafkaException as exc:
+        reason = errors.last or (exc.args[0].str() if exc.args else str(exc))
+        raise UploadError(f"cannot reach the broker at {bootstrap} within {connect_timeout:g}s: {reason}") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        why = info.error.str() if info is not None and info.error is not None else "no partitions"
+        raise UploadError(f"topic '{topic}' is not available on {bootstrap}: {why}")
+    return producer, (len(info.partitions) if file_affine else None), errors
+
+
+# -- command line -----------------------------------------------------------
+
+
+def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    """Define the arguments of ``omsd upload``."""
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files and directories to upload")
+    parser.add_argument("--config", required=True, type=Path, help="YAML (or OpenMSIStream INI) config file")
+    parser.add_argument("--topic", "--topic_name", dest="topic", required=True, help="topic to produce to")
+    parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        metavar="B", help=f"bytes of file data per message (default {DEFAULT_CHUNK_SIZE})")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep running on one directory, uploading files that appear or change")
+    parser.add_argument("--partitioner", choices=("file", "default"), default="file",
+                        help="'file': all chunks of a file in one partition (default); "
+                             "'default': librdkafka's partitioner")
+    parser.add_argument("--stable-secs", dest="stable_secs", type=float, default=3.0, metavar="S",
+                        help="watch: upload a file once its size and mtime are unchanged for S seconds (default 3)")
+    parser.add_argument("--state", type=Path, default=None, metavar="FILE",
+                        help="watch: SQLite file remembering uploaded files "
+                             "(default state_dir/upload-<hash of dir and topic>.sqlite)")
+    parser.add_argument("--skip-existing", dest="skip_existing", action="store_true",
+                        help="watch: on the first start, treat files already present as uploaded")
+    parser.add_argument("--connect-timeout", dest="connect_timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+                        metavar="S", help=f"give up when the broker does not answer within S seconds "
+                                          f"(default {DEFAULT_CONNECT_TIMEOUT:g})")
+    parser.add_argument("--readers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="threads reading and hashing files (default: min(4, CPUs))")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
+
+
+def _error(message: str) -> None:
+    print(f"omsd upload: error: {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A progress line on a terminal and a final summary on stderr."""
+
+    def __init__(self, total_files: int | None, total_bytes: int | None, *, quiet: bool) -> None:
+        self.total_files, self.total_bytes = total_files, total_bytes
+        self.quiet = quiet
+        self.tty = not quiet and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.files = 0
+        self.bytes = 0
+        self._next_draw = 0.0
+
+    def file_done(self, job: FileJob) -> None:
+        if job.error is None:
+            self.files += 1
+            self.bytes += job.size
+
+    def rate(self, nbytes: int) -> float:
+        return nbytes / max(time.monotonic() - self.start, 1e-6) / 1e6
+
+    def draw(self, sent_bytes: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.tty or (now < self._next_draw and not force):
+            return
+        self._next_draw = now + 0.25
+        of_files = f"/{self.total_files}" if self.total_files is not None else ""
+        of_bytes = f"/{self.total_bytes / 1e6:.1f}" if self.total_bytes is not None else ""
+        print(f"\r{self.files}{of_files} files  {sent_bytes / 1e6:.1f}{of_bytes} MB  "
+              f"{self.rate(sent_bytes):.1f} MB/s   ", end="", file=sys.stderr, flush=True)
+
+    def summary(self, topic: str, failed: int) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.start
+        tail = f", {failed} failed" if failed else ""
+        print(f"uploaded {self.files} file{'s' if self.files != 1 else ''} ({self.bytes / 1e6:.1f} MB) "
+              f"to '{topic}' in {elapsed:.2f}s ({self.rate(self.bytes):.1f} MB/s){tail}", file=sys.stderr, flush=True)
+
+
+def upload_command(args: argparse.Namespace) -> int:
+    """Run ``omsd upload``; return the process exit code."""
+    if args.watch and (len(args.paths) != 1 or not args.paths[0].is_dir()):
+        _error("--watch needs exactly one existing directory")
+        return exitcodes.RET_USAGE
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _error(str(exc))
+        return exitcodes.RET_CONFIG
+    max_message = int(producer_config(config).get("message.max.bytes", 1 << 20))
+    if not 1 <= args.chunk_size <= max_message - 65536:
+        _error(f"--chunk-size must be between 1 and {max_message - 65536} bytes (message.max.bytes)")
+        return exitcodes.RET_USAGE
+    if args.watch:
+        from omsd.watch import watch_command
+
+        return watch_command(args, config)
+    try:
+        entries = collect_files(args.paths)
+    except (FileNotFoundError, OSError) as exc:
+        _error(str(exc))
+        return exitcodes.RET_USAGE
+    total_bytes = 0
+    for entry in entries:
+        try:
+            total_bytes += entry.path.stat().st_size
+        except OSError:
+            pass
+    try:
+        producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
+                                                connect_timeout=args.connect_timeout)
+    except UploadError as exc:
+        _error(str(exc))
+        return exitcodes.RET_ERROR
+    return _upload_files(producer, partitions, entries, total_bytes, args)
+
+
+def _upload_files(producer: Producer, partitions: int | None, entries: list[FileEntry], total_bytes: int,
+                  args: argparse.Namespace) -> int:
+    progress = Progress(len(entries), total_bytes, quiet=args.quiet)
+    failed: list[FileJob] = []
+
+    def done(job: FileJob) -> None:
+        progress.file_done(job)
+        if job.error is not None:
+            failed.append(job)
+            _error(f"{job.entry.relative_path}: {job.error}")
+
+    stop: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _f: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
+                        readers=args.readers, on_done=done)
+    try:
+        for entry in entries:
+            uploader.submit(entry)
+        while not uploader.idle and not stop:
+            uploader.pump(0.1)
+            progress.draw(uploader.bytes_produced)
+        if stop:
+            uploader.abort()
+        left = uploader.finish(timeout=30 if stop else None)
+        progress.draw(uploader.bytes_produced, force=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    unfinished = [job for job in uploader.pending if not job.finished]
+    progress.summary(args.topic, len(failed) + len(unfinished))
+    if stop:
+        _error(f"interrupted: {progress.files} of {len(entries)} files uploaded")
+        return exitcodes.RET_ERROR
+    if failed or unfinished or left:
+        _error(f"{len(failed) + len(unfinished)} of {len(entries)} files not fully acknowledged by the broker")
+        return exitcodes.RET_ERROR
+    return exitcodes.RET_OK
