@@ -18,6 +18,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1000,
     "max.poll.interval.ms": 300000,
+    # A daemon started before its topic exists should find it within seconds.
+    "topic.metadata.refresh.interval.ms": 5000,
     "fetch.max.bytes": MAX_MESSAGE_BYTES,
     "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
     "receive.message.max.bytes": MAX_MESSAGE_BYTES + (1 << 20),

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -45,13 +46,21 @@ pipelines:
     log = tmp_path / "daemon.log"
     proc = start_daemon(["run", "--config", str(cfg)], log, {"NOTIFY_SOCKET": str(notify_path)})
     received: list[str] = []
+    done = threading.Event()
 
-    def drain_notify() -> None:
-        while True:
+    def read_notify() -> None:
+        """Read notifications as systemd would: promptly, so the daemon's datagrams never queue up."""
+        while not done.is_set():
             try:
                 received.extend(notify.recv(4096).decode().splitlines())
             except (TimeoutError, socket.timeout):
-                return
+                continue
+
+    reader = threading.Thread(target=read_notify, daemon=True)
+    reader.start()
+
+    def drain_notify() -> None:
+        return None
 
     try:
         wait_for(lambda: drain_notify() or "READY=1" in received, 60, "READY=1", proc, log)
@@ -93,10 +102,11 @@ pipelines:
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert proc.wait(5) == 0
         assert not (tmp_path / "state" / "omsd.sock").exists()
-        drain_notify()
-        assert "STOPPING=1" in received
+        wait_for(lambda: "STOPPING=1" in received, 5, "STOPPING=1")
     finally:
         stop_daemon(proc)
+        done.set()
+        reader.join(2)
         notify.close()
     assert omsctl("--config", str(cfg), "check").returncode == 3
 
