@@ -360,6 +360,8 @@ def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML or INI in UTF-8)") from None
     looks_ini = path.suffix in (".ini", ".config", ".cfg") or text.lstrip().startswith("[")
     if looks_ini:
         cfg = _from_ini(text, path)

@@ -12,6 +12,7 @@ broker acknowledged every chunk. ``--watch`` keeps running on one directory
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import logging
 import os
@@ -31,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from omsd import exitcodes
 from omsd.config import Config, ConfigError, load_config
 from omsd.kafka import make_producer, producer_config
+from omsd.logging import configure_logging
 from omsd.paths import UnsafePathError, safe_relative_path
 from omsd.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
 from omsd.sharding import shard_for
@@ -68,7 +70,8 @@ class FileJob:
 
     entry: FileEntry
     skip_if_sha512: bytes | None = None
-    size: int = 0
+    size: int = 0  # bytes sent
+    stat_size: int = 0  # size and mtime when the file was opened
     mtime_ns: int = 0
     sha512: bytes = b""
     n_total: int = 0
@@ -80,10 +83,6 @@ class FileJob:
     error: str | None = None
     finished: bool = False
     on_done: Callable[["FileJob"], None] | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.finished and self.error is None
 
     def delivered(self, err: KafkaError | None, _msg: object) -> None:
         """Delivery report of one chunk (called on the producing thread)."""
@@ -275,7 +274,7 @@ class Uploader:
         entry.relative_path.encode("utf-8")  # a name that is not UTF-8 cannot travel
         with open(entry.path, "rb", buffering=0) as fh:
             st = os.fstat(fh.fileno())
-            job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
+            job.stat_size, job.mtime_ns = st.st_size, st.st_mtime_ns
             keep = st.st_size <= IN_MEMORY_FILE_BYTES
             whole = hashlib.sha512()
             kept: list[bytes] = []
@@ -323,6 +322,24 @@ class Uploader:
                     raise OSError(0, f"{entry.path} changed while it was being read")
 
 
+def tune_malloc() -> None:
+    """Let glibc keep freed chunk-sized buffers in the heap instead of mmap/munmap for each.
+
+    Every chunk allocates a few buffers of ``chunk_size`` bytes; with glibc's
+    defaults each one is a fresh mapping whose pages fault in again. Measured:
+    about 10% of the uploader's CPU time. A no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def _read_exactly(fh, n: int) -> bytes:
     """Read ``n`` bytes, or fewer only at the end of the file."""
     data = fh.read(n)
@@ -358,18 +375,27 @@ def open_producer(config: Config, topic: str, *, file_affine: bool,
     errors = _ErrorRecorder()
     quiet = logging.getLogger("omsd.upload.librdkafka")
     quiet.setLevel(logging.CRITICAL)  # librdkafka's own lines would repeat what we report once
-    producer = make_producer(config, error_cb=errors, logger=quiet)
+    overrides: dict[str, object] = {"error_cb": errors, "logger": quiet}
+    if "queue.buffering.max.kbytes" not in config.producer:
+        overrides["queue.buffering.max.kbytes"] = 128 * 1024  # plenty in flight; keeps memory modest
+    producer = make_producer(config, **overrides)
     bootstrap = producer_config(config).get("bootstrap.servers", "?")
-    try:
-        metadata = producer.list_topics(topic, timeout=connect_timeout)
-    except KafkaException as exc:
-        reason = errors.last or (exc.args[0].str() if exc.args else str(exc))
-        raise UploadError(f"cannot reach the broker at {bootstrap} within {connect_timeout:g}s: {reason}") from None
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None or not info.partitions:
-        why = info.error.str() if info is not None and info.error is not None else "no partitions"
-        raise UploadError(f"topic '{topic}' is not available on {bootstrap}: {why}")
-    return producer, (len(info.partitions) if file_affine else None), errors
+    deadline = time.monotonic() + connect_timeout
+    while True:
+        try:
+            metadata = producer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            producer.poll(0)  # serve error_cb: it names the cause (connection refused, name resolution, ...)
+            reason = errors.last or (exc.args[0].str() if exc.args else str(exc))
+            raise UploadError(f"cannot reach the broker at {bootstrap} within {connect_timeout:g}s: {reason}") from None
+        info = metadata.topics.get(topic)
+        if info is not None and info.error is None and info.partitions:
+            return producer, (len(info.partitions) if file_affine else None), errors
+        # A topic being auto-created has no leader for a moment; ask again until the deadline.
+        if time.monotonic() + 0.2 >= deadline:
+            why = info.error.str() if info is not None and info.error is not None else "no partitions"
+            raise UploadError(f"topic '{topic}' is not available on {bootstrap}: {why}")
+        time.sleep(0.2)
 
 
 # -- command line -----------------------------------------------------------
@@ -402,7 +428,8 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
 
 
-def _error(message: str) -> None:
+def print_error(message: str) -> None:
+    """One error line on stderr, prefixed with the command name."""
     print(f"omsd upload: error: {message}", file=sys.stderr, flush=True)
 
 
@@ -436,30 +463,35 @@ class Progress:
         print(f"\r{self.files}{of_files} files  {sent_bytes / 1e6:.1f}{of_bytes} MB  "
               f"{self.rate(sent_bytes):.1f} MB/s   ", end="", file=sys.stderr, flush=True)
 
-    def summary(self, topic: str, failed: int) -> None:
+    def summary(self, topic: str, failed: int, unsent: int) -> None:
         if self.tty:
             print(file=sys.stderr)
         if self.quiet:
             return
         elapsed = time.monotonic() - self.start
-        tail = f", {failed} failed" if failed else ""
+        tail = (f", {failed} failed" if failed else "") + (f", {unsent} not sent" if unsent else "")
         print(f"uploaded {self.files} file{'s' if self.files != 1 else ''} ({self.bytes / 1e6:.1f} MB) "
               f"to '{topic}' in {elapsed:.2f}s ({self.rate(self.bytes):.1f} MB/s){tail}", file=sys.stderr, flush=True)
 
 
 def upload_command(args: argparse.Namespace) -> int:
     """Run ``omsd upload``; return the process exit code."""
+    configure_logging(level="warning", process="upload")  # the command speaks through its own lines
+    tune_malloc()
     if args.watch and (len(args.paths) != 1 or not args.paths[0].is_dir()):
-        _error("--watch needs exactly one existing directory")
+        print_error("--watch needs exactly one existing directory")
         return exitcodes.RET_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        _error(str(exc))
+        print_error(str(exc))
+        return exitcodes.RET_CONFIG
+    except UnicodeDecodeError:
+        print_error(f"{args.config}: the configuration is not a UTF-8 text file")
         return exitcodes.RET_CONFIG
     max_message = int(producer_config(config).get("message.max.bytes", 1 << 20))
     if not 1 <= args.chunk_size <= max_message - 65536:
-        _error(f"--chunk-size must be between 1 and {max_message - 65536} bytes (message.max.bytes)")
+        print_error(f"--chunk-size must be between 1 and {max_message - 65536} bytes (message.max.bytes)")
         return exitcodes.RET_USAGE
     if args.watch:
         from omsd.watch import watch_command
@@ -468,7 +500,7 @@ def upload_command(args: argparse.Namespace) -> int:
     try:
         entries = collect_files(args.paths)
     except (FileNotFoundError, OSError) as exc:
-        _error(str(exc))
+        print_error(str(exc))
         return exitcodes.RET_USAGE
     total_bytes = 0
     for entry in entries:
@@ -480,7 +512,7 @@ def upload_command(args: argparse.Namespace) -> int:
         producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
                                                 connect_timeout=args.connect_timeout)
     except UploadError as exc:
-        _error(str(exc))
+        print_error(str(exc))
         return exitcodes.RET_ERROR
     return _upload_files(producer, partitions, entries, total_bytes, args)
 
@@ -494,10 +526,14 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
         progress.file_done(job)
         if job.error is not None:
             failed.append(job)
-            _error(f"{job.entry.relative_path}: {job.error}")
+            print_error(f"{job.entry.relative_path}: {job.error}")
 
     stop: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _f: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record_signal(signum: int, _frame: object) -> None:
+        stop.append(signum)  # the loop below acts on it
+
+    previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
                         readers=args.readers, on_done=done)
     try:
@@ -514,11 +550,11 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     unfinished = [job for job in uploader.pending if not job.finished]
-    progress.summary(args.topic, len(failed) + len(unfinished))
+    progress.summary(args.topic, len(failed), len(unfinished))
     if stop:
-        _error(f"interrupted: {progress.files} of {len(entries)} files uploaded")
+        print_error(f"interrupted: {progress.files} of {len(entries)} files uploaded")
         return exitcodes.RET_ERROR
     if failed or unfinished or left:
-        _error(f"{len(failed) + len(unfinished)} of {len(entries)} files not fully acknowledged by the broker")
+        print_error(f"{len(failed) + len(unfinished)} of {len(entries)} files not fully acknowledged by the broker")
         return exitcodes.RET_ERROR
     return exitcodes.RET_OK

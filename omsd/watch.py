@@ -35,7 +35,7 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
-from omsd.upload import FileEntry, FileJob, Uploader, UploadError, _error, open_producer, walk_directory
+from omsd.upload import FileEntry, FileJob, Uploader, UploadError, open_producer, print_error, walk_directory
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +68,8 @@ class UploadState:
             relative_path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
             sha512 BLOB NOT NULL, uploaded_at REAL NOT NULL)""")
         self.db.commit()
-        self.files: dict[str, Uploaded] = {
-            rel: Uploaded(size, mtime_ns, sha)
-            for rel, size, mtime_ns, sha in self.db.execute("SELECT relative_path, size, mtime_ns, sha512 FROM uploaded")
-        }
+        rows = self.db.execute("SELECT relative_path, size, mtime_ns, sha512 FROM uploaded")
+        self.files: dict[str, Uploaded] = {rel: Uploaded(size, mtime_ns, sha) for rel, size, mtime_ns, sha in rows}
 
     @property
     def empty(self) -> bool:
@@ -229,16 +227,22 @@ class DirectoryWatcher:
         rel = job.entry.relative_path
         self.in_flight.pop(rel, None)
         if job.error is not None:
-            try:
-                st = job.entry.path.stat()
-                self.failed[rel] = (st.st_size, st.st_mtime_ns, time.monotonic() + RETRY_FAILED_SECS)
-            except OSError:
-                self.failed.pop(rel, None)
-            _error(f"{rel}: {job.error} (will retry when it changes or in {RETRY_FAILED_SECS:g}s)")
+            # Not again until the file changes (or a while has passed): a file that changed
+            # while it was read is retried as soon as it is stable.
+            snapshot: tuple[int, int] | None = (job.stat_size, job.mtime_ns) if job.mtime_ns else None
+            if snapshot is None:
+                try:
+                    st = job.entry.path.stat()
+                    snapshot = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    pass
+            if snapshot is not None:
+                self.failed[rel] = (*snapshot, time.monotonic() + RETRY_FAILED_SECS)
+            print_error(f"{rel}: {job.error} (will retry when it changes or in {RETRY_FAILED_SECS:g}s)")
             self.consider(job.entry, time.monotonic())
             return
         self.failed.pop(rel, None)
-        self.state.record(rel, job.size, job.mtime_ns, job.sha512)
+        self.state.record(rel, job.stat_size, job.mtime_ns, job.sha512)
         if not self.quiet and not job.skipped:
             print(f"uploaded {rel} ({job.size} bytes, {job.n_total} chunks)", file=sys.stderr, flush=True)
         # A change during the upload left the file a candidate; look again next tick.
@@ -253,12 +257,12 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
         producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
                                                 connect_timeout=args.connect_timeout)
     except UploadError as exc:
-        _error(str(exc))
+        print_error(str(exc))
         return exitcodes.RET_ERROR
     try:
         state = UploadState(Path(state_path))
     except (OSError, sqlite3.Error) as exc:
-        _error(f"cannot open the state file {state_path}: {exc}")
+        print_error(f"cannot open the state file {state_path}: {exc}")
         return exitcodes.RET_ERROR
 
     stop: list[int] = []
@@ -276,7 +280,7 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
             watcher.mark_all_uploaded()
         observer = start_observer(root, collector)
     except UploadError as exc:
-        _error(str(exc))
+        print_error(str(exc))
         return exitcodes.RET_ERROR
     if not args.quiet:
         print(f"watching {root} for files to upload to '{args.topic}' (state {state_path})",
@@ -310,7 +314,7 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if left:
-        _error(f"{left} messages were not acknowledged before stopping")
+        print_error(f"{left} messages were not acknowledged before stopping")
         return exitcodes.RET_ERROR
     if not args.quiet:
         print("stopped", file=sys.stderr, flush=True)
