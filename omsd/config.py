@@ -47,6 +47,16 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True)
+class LogTopicConfig:
+    """Warnings and errors sent to a Kafka topic, batched as OpenMSIStream's log producer does."""
+
+    topic: str
+    interval_secs: float = 30.0
+    program_id: str = "omsd"
+    level: str = "warning"
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     topic: str
@@ -70,9 +80,10 @@ class Config:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     staging: StagingConfig = field(default_factory=StagingConfig)
     heartbeat: HeartbeatConfig | None = None
-    log_topic: str | None = None
+    log: LogTopicConfig | None = None
     metrics_port: int | None = None
     shutdown_timeout_secs: float = 60.0
+    retry_failed_after_secs: float = 600.0
     pipelines: list[PipelineConfig] = field(default_factory=list)
 
     def group_for(self, pipeline: PipelineConfig) -> str:
@@ -201,7 +212,8 @@ class _Reader:
 
 
 _TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
-             "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs"}
+             "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs",
+             "retry_failed_after_secs"}
 _PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
 
 
@@ -294,7 +306,20 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
             interval_secs=float(reader.number(heartbeat, "interval_secs", 30.0, minimum=0.1)),
             program_id=str(reader.string(heartbeat, "program_id", "omsd")),
         )
-    cfg.log_topic = reader.string(reader.mapping(data, "log", {"topic"}), "topic")
+    cfg.retry_failed_after_secs = float(reader.number(data, "retry_failed_after_secs", 600.0))
+    log_node = reader.mapping(data, "log", {"topic", "interval_secs", "program_id", "level"})
+    if log_node:
+        level = str(reader.string(log_node, "level", "warning")).lower()
+        if level not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"{reader.where(log_node, 'level')}: 'level' must be debug, info, warning, error "
+                              "or critical")
+        cfg.log = LogTopicConfig(
+            topic=str(reader.string(log_node, "topic", required=True)),
+            interval_secs=float(reader.number(log_node, "interval_secs", 30.0, minimum=0.1)),
+            program_id=str(reader.string(log_node, "program_id",
+                                         cfg.heartbeat.program_id if cfg.heartbeat else "omsd")),
+            level=level,
+        )
     metrics = reader.mapping(data, "metrics", {"port"})
     if metrics:
         cfg.metrics_port = int(reader.number(metrics, "port", 0, int, minimum=0))

@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 FINISHED_CACHE_SIZE = 10000
 RECENT_REJECTIONS = 50
+STAGING_RETRY_S = 2.0
 
 
 class Intake:
@@ -33,18 +34,21 @@ class Intake:
 
     def __init__(self, config: Config, group_id: str, pipelines: list[PipelineConfig], staging: Staging,
                  registry: Registry, on_read: Callable[[int], None],
-                 on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None) -> None:
+                 on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None,
+                 before_revoke: Callable[["Intake", set[tuple[str, int]]], None] | None = None) -> None:
         self.group_id = group_id
         self.pipelines = pipelines
         self.topics = sorted({p.topic for p in pipelines})
         self.registry = registry
         self.on_read = on_read
         self.on_reject = on_reject
+        self.before_revoke = before_revoke
         self.consumer = make_consumer(config, group_id, **({"error_cb": on_error} if on_error else {}))
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         self.assigned: set[tuple[str, int]] = set()
-        self.paused = False
+        self.pause_reasons: set[str] = set()
+        self.staging_full_since = 0.0
         self.rejected: Counter[str] = Counter()
         self.recent_rejections: list[dict] = []
         self.messages_read = 0
@@ -65,6 +69,8 @@ class Intake:
 
     def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        if self.before_revoke is not None:
+            self.before_revoke(self, tps)  # lets files from these partitions finish first
         self.commit(force=True, only=tps)
         self._drop(tps, "revoked")
 
@@ -82,6 +88,8 @@ class Intake:
         """Read a batch of messages; return the files they completed."""
         completed: list[FileAssembly] = []
         rewound: set[tuple[str, int]] = set()
+        if "staging_full" in self.pause_reasons and time.monotonic() - self.staging_full_since > STAGING_RETRY_S:
+            self.resume("staging_full")  # try again; a write that still fails pauses again
         for msg in self.consumer.consume(num_messages=500, timeout=timeout):
             err = msg.error()
             if err is not None:
@@ -98,7 +106,8 @@ class Intake:
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
                 self.consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
                 rewound.add(tp)
-                self.pause()
+                self.staging_full_since = time.monotonic()
+                self.pause("staging_full")
                 continue
             self.watermarks.consumed(tp, msg.offset())
             if done is not None:
@@ -158,15 +167,26 @@ class Intake:
         self._finished.pop(key, None)
 
     # -- flow control and commits ------------------------------------------------------------------
-    def pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+    @property
+    def paused(self) -> bool:
+        return bool(self.pause_reasons)
 
-    def resume(self) -> None:
-        if self.paused:
-            self.paused = False
+    def pause(self, reason: str) -> None:
+        """Stop fetching (polling goes on, so the group membership stays) until every reason is gone."""
+        if reason in self.pause_reasons:
+            return
+        if not self.pause_reasons:
+            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+            log.info("intake paused", group=self.group_id, reason=reason)
+        self.pause_reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.pause_reasons:
+            return
+        self.pause_reasons.discard(reason)
+        if not self.pause_reasons:
             self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+            log.info("intake resumed", group=self.group_id)
 
     def commit(self, force: bool = False, only: set[tuple[str, int]] | None = None, every_s: float = 1.0) -> None:
         """Commit the safe offsets that moved (at most every ``every_s`` unless forced)."""
@@ -197,5 +217,5 @@ class Intake:
             out.append({"group": self.group_id, "topic": topic, "partition": partition,
                         "committed": committed if committed not in (None, OFFSET_INVALID) else None,
                         "watermark": self.watermarks.safe(tp), "assigned": tp in self.assigned,
-                        "paused": self.paused})
+                        "paused": self.paused, "pause_reasons": sorted(self.pause_reasons)})
         return out

@@ -55,6 +55,7 @@ class Slot:
     restarts: int = 0
     files_done: int = 0
     boot_failures: int = 0
+    last_death: float | None = None
 
     def describe(self) -> dict:
         return {"slot": self.index, "pid": self.process.pid if self.process else None, "state": self.state.value,
@@ -199,6 +200,7 @@ class WorkerPool:
                 else:
                     slot.queue.appendleft(task)
             slot.state = ProcessState.BACKOFF
+            slot.last_death = now
             slot.restart_at = now + slot.backoff_s
             slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2)
         return poison

@@ -157,10 +157,11 @@ class Registry:
             "SELECT f.id, f.topic, f.rel_path, f.generation, o.pipeline, o.error, f.kept_path, "
             "(SELECT kind || '#' || step_index FROM steps s WHERE s.file_id=f.id AND s.pipeline=o.pipeline "
             " AND s.status='failed' LIMIT 1), "
-            "(SELECT attempts FROM steps s WHERE s.file_id=f.id AND s.pipeline=o.pipeline AND s.status='failed' LIMIT 1) "
+            "(SELECT attempts FROM steps s WHERE s.file_id=f.id AND s.pipeline=o.pipeline AND s.status='failed' LIMIT 1), "
+            "o.updated "
             "FROM files f JOIN pipeline_outcomes o ON o.file_id=f.id WHERE o.status='failed' ORDER BY f.updated")
         return [{"file_id": r[0], "topic": r[1], "path": r[2], "generation": r[3], "pipeline": r[4], "error": r[5],
-                 "kept": r[6] is not None, "step": r[7], "attempts": r[8]} for r in rows]
+                 "kept": r[6] is not None, "step": r[7], "attempts": r[8], "updated": r[9]} for r in rows]
 
     def clear_failure(self, file_id: int, pipeline: str) -> None:
         """Forget a pipeline's failure so it runs again (its finished steps stay done)."""

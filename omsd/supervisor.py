@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 import os
 import signal
 import time
@@ -23,10 +24,11 @@ from confluent_kafka import KafkaError
 from omsd import exitcodes
 from omsd.assembly import FileAssembly
 from omsd.config import Config, PipelineConfig
-from omsd.control.server import ControlServer
+from omsd.control.server import CommandError, ControlServer
 from omsd.heartbeat import Counters, HeartbeatSchedule, heartbeat_message
 from omsd.intake import Intake
 from omsd.kafka import make_producer
+from omsd.logtopic import LogTopicHandler, log_message
 from omsd.metrics import Metrics
 from omsd.pool import Task, WorkerBootError, WorkerPool
 from omsd.registry import Registry
@@ -37,6 +39,9 @@ from omsd.systemd import Notifier, watchdog_interval
 log = structlog.get_logger(__name__)
 
 POLL_TIMEOUT_S = 0.1
+STATUS_EVERY_S = 10.0
+RETRY_SCAN_EVERY_S = 30.0
+RECENT_DEATH_S = 30.0
 BROKER_DOWN_GRACE_S = 10.0
 
 
@@ -100,13 +105,18 @@ class Supervisor:
         if cfg.metrics_port is not None:
             self.metrics.start_http(cfg.metrics_port)
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
-                               on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error)
+                               on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
+                               before_revoke=self.finish_revoked)
                         for group, pipelines in groups.items()]
         for intake in self.intakes:
             intake.subscribe()
         self.control = ControlServer(cfg.control_socket, self._handlers())
         self.control.start()
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
+        self.log_handler = LogTopicHandler(cfg.log.level).install() if cfg.log else None
+        self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
+        self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
+        self.retry_schedule = HeartbeatSchedule(RETRY_SCAN_EVERY_S)
         self.state = DaemonState.RUNNING
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
                  pipelines=[p.name for p in cfg.pipelines], groups=list(groups))
@@ -182,7 +192,7 @@ class Supervisor:
         self.state = DaemonState.DRAINING
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout_secs
         for intake in self.intakes:
-            intake.pause()
+            intake.pause("stopping")
         # Files not yet started are handed back: their offsets stay held, so a restart reads them again.
         for slot in self.pool.slots:
             slot.queue.clear()
@@ -382,30 +392,74 @@ class Supervisor:
         if self.heartbeat is not None and self.heartbeat.due(now):
             key, value = heartbeat_message(self.config.heartbeat.program_id, self.counters.snapshot_and_reset())
             self._produce(self.config.heartbeat.topic, key, value, None)
+        if self.log_schedule is not None and self.log_schedule.due(now):
+            self._send_logs()
+        if self.ready_sent and self.status_schedule.due(now):
+            self.notifier.status(self._status_line())
+        if self.config.retry_failed_after_secs > 0 and self.retry_schedule.due(now) \
+                and self.state is DaemonState.RUNNING:
+            cutoff = time.time() - self.config.retry_failed_after_secs
+            self.retry_failed(lambda row: row["updated"] <= cutoff)
         if self.ready_sent and now >= self.next_watchdog and self.healthy()[0]:
             self.notifier.watchdog()
             self.next_watchdog = now + self.watchdog_every
+
+    def _send_logs(self) -> None:
+        if self.log_handler is None or self.config.log is None:
+            return
+        messages = self.log_handler.drain()
+        if messages:
+            key, value = log_message(self.config.log.program_id, messages)
+            self._produce(self.config.log.topic, key, value, None)
+
+    def _status_line(self) -> str:
+        totals = self.totals
+        in_progress = sum(len(i.assembler.files) for i in self.intakes)
+        return (f"{totals['files_completed']} files done, {totals['files_failed']} failed, {in_progress} assembling, "
+                f"{self.pool.pending()} queued; staging {self.staging.memory_used >> 20} MiB memory, "
+                f"{self.staging.spill_used >> 20} MiB spill")
+
+    def finish_revoked(self, intake: Intake, tps: set[tuple[str, int]]) -> None:
+        """Partitions are being revoked: let completed files from them finish first (bounded), so the
+        commit that follows moves past them and the new owner does not process them again."""
+        def waiting() -> bool:
+            return any(job.intake is intake and job.assembly is not None and job.assembly.partitions & tps
+                       for job in self._jobs.values())
+
+        deadline = time.monotonic() + self.config.shutdown_timeout_secs
+        while waiting() and time.monotonic() < deadline and self.state is not DaemonState.STOPPING:
+            self.handle_worker_events()
+            self.manage_workers()
+            time.sleep(0.01)
+        if waiting():
+            log.warning("partitions revoked while files were still being processed; the new owner will "
+                        "process them again", group=intake.group_id, partitions=sorted(tps))
 
     def _apply_backpressure(self, intake: Intake) -> None:
         if self.state is not DaemonState.RUNNING:
             return
         limit = max(4, 4 * len(self.pool.slots))
-        full = self.pool.pending() >= limit
-        if full and not intake.paused:
-            intake.pause()
-        elif intake.paused and self.pool.pending() <= limit // 2:
-            intake.resume()
+        if self.pool.pending() >= limit:
+            intake.pause("workers_busy")
+        elif self.pool.pending() <= limit // 2:
+            intake.resume("workers_busy")
 
     # -- health and status -------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, list[str]]:
         reasons = []
+        now = time.monotonic()
         for slot in self.pool.slots:
             if slot.state.value != "RUNNING":
                 reasons.append(f"worker slot {slot.index} is {slot.state.value}")
+            elif slot.last_death is not None and now - slot.last_death < RECENT_DEATH_S:
+                reasons.append(f"worker slot {slot.index} died {now - slot.last_death:.0f}s ago")
         if self.broker_down_since is not None and time.monotonic() - self.broker_down_since > 1.0:
             reasons.append(f"broker unreachable for {time.monotonic() - self.broker_down_since:.0f}s")
         if self.staging.memory_used > self.staging.memory_budget:
             reasons.append("staging memory above its budget")
+        for intake in self.intakes:
+            if "staging_full" in intake.pause_reasons:
+                reasons.append(f"staging disk full; consumer group {intake.group_id} paused")
         uptime = time.time() - self.started
         for intake in self.intakes:
             if not intake.assigned and uptime > 30:
@@ -445,19 +499,23 @@ class Supervisor:
             return {"files": self.registry.failed()}
 
         def retry(req: dict) -> dict:
-            return {"queued": self.retry_failed(req.get("path"), bool(req.get("all")))}
+            path, everything = req.get("path"), bool(req.get("all"))
+            if not path and not everything:
+                raise CommandError("retry needs a path or all=true")
+            return {"queued": self.retry_failed(lambda row: everything or row["path"] == path)}
 
         return {"check": check, "status": lambda _req: self.status(), "stop": stop, "failed": failed,
                 "retry": retry}
 
-    def retry_failed(self, path: str | None, everything: bool) -> int:
+    def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
         """Queue failed files again from their kept bytes; returns how many were queued."""
         from omsd.protocol import Chunk
 
         queued = 0
         by_name = {p.name: p for p in self.config.pipelines}
+        busy = {job.record_id for job in self._jobs.values()}
         for row in self.registry.failed():
-            if not (everything or row["path"] == path) or not row["kept"]:
+            if not row["kept"] or row["file_id"] in busy or not wanted(row):
                 continue
             record = self.registry.get(row["file_id"])
             if record is None or record.kept_path is None or not Path(record.kept_path).exists():
@@ -495,6 +553,9 @@ class Supervisor:
                 intake.close()
             except Exception as exc:  # noqa: BLE001 - keep stopping whatever happens
                 log.warning("consumer close failed", group=intake.group_id, error=str(exc))
+        if getattr(self, "log_handler", None) is not None:
+            self._send_logs()
+            self.log_handler.remove()
         if hasattr(self, "producer"):
             left = self.producer.flush(10)
             if left:

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from omsd.staging import Staging
 from tests.chunks import produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import write_config
 
@@ -34,4 +35,5 @@ def test_download_saves_tree_byte_identical(broker, topic, tmp_path, files) -> N
     finally:
         assert stop_daemon(proc) == 0, log.read_text()[-3000:]
     assert not [p for p in (tmp_path / "state" / "spill").iterdir()]
-    assert not [p for p in os.listdir("/dev/shm") if p.startswith("omsd-")]
+    prefix = Staging(tmp_path / "state", 0).prefix  # this daemon's segments, not other tests'
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
