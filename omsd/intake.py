@@ -53,6 +53,7 @@ class Intake:
         self.recent_rejections: list[dict] = []
         self.messages_read = 0
         self._finished: OrderedDict[FileKey, bool] = OrderedDict()
+        self.processing: set[FileKey] = set()  # complete files the workers have not finished
         self._last_commit = 0.0
 
     # -- group membership --------------------------------------------------------------------------
@@ -111,6 +112,7 @@ class Intake:
                 continue
             self.watermarks.consumed(tp, msg.offset())
             if done is not None:
+                self.processing.add(done.key)
                 completed.append(done)
         return completed
 
@@ -127,6 +129,8 @@ class Intake:
         if not pipelines:
             return None  # no pipeline wants this file: committed past, never staged
         key = (tp[0], chunk.relative_path, chunk.file_hash)
+        if key in self.processing:
+            return None  # a late duplicate of a file the workers already have
         if key not in self.assembler.files and self._already_finished(key, pipelines):
             return None
         try:
@@ -161,10 +165,9 @@ class Intake:
         return finished
 
     def mark_finished(self, key: FileKey) -> None:
+        """The file's outcome is recorded: later copies of its chunks are skipped."""
+        self.processing.discard(key)
         self._finished[key] = True
-
-    def forget_finished(self, key: FileKey) -> None:
-        self._finished.pop(key, None)
 
     # -- flow control and commits ------------------------------------------------------------------
     @property

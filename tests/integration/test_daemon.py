@@ -37,3 +37,41 @@ def test_download_saves_tree_byte_identical(broker, topic, tmp_path, files) -> N
     assert not [p for p in (tmp_path / "state" / "spill").iterdir()]
     prefix = Staging(tmp_path / "state", 0).prefix  # this daemon's segments, not other tests'
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
+
+
+def test_duplicate_chunks_are_idempotent_and_processed_once(broker, topic, tmp_path) -> None:
+    """Every chunk sent twice, shuffled (a producer retrying): each file saved once, no partial leftovers."""
+    from tests.chunks import chunk_messages, produce
+    from tests.integration.funcs import recorded
+
+    out = tmp_path / "out"
+    record = tmp_path / "record.txt"
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
+pipelines:
+  - name: mirror
+    topic: {topic}
+    steps:
+      - save: {{dir: {out}}}
+      - call: {{function: tests.integration.funcs:record}}
+""")
+    rng = random.Random(3)
+    files = {f"dup/f{i}.bin": rng.randbytes(rng.randint(1, 200_000)) for i in range(5)}
+    messages = [(k, v, 0) for rel, data in files.items() for k, v in chunk_messages(rel, data, 20_000)]
+    twice = messages + messages
+    rng.shuffle(twice)
+    produce(broker.bootstrap, topic, twice)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log, {"OMSD_TEST_RECORD": str(record)})
+    try:
+        wait_for(lambda: out.exists() and tree(out) == files, 60, "all files saved", proc, log)
+        from omsd.control.client import ControlClient
+
+        sock = tmp_path / "state" / "omsd.sock"
+        wait_for(lambda: ControlClient(sock).request("status")["totals"]["messages_read"] == len(twice), 30,
+                 "every copy read", proc, log)
+        status = ControlClient(sock).request("status")
+        assert status["in_progress"] == []  # no late duplicate left a partial file holding offsets
+        assert all(p["watermark"] == p["committed"] or p["committed"] is None for p in status["partitions"])
+    finally:
+        assert stop_daemon(proc) == 0
+    assert sorted(recorded(record)) == sorted(files)

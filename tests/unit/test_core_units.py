@@ -1,0 +1,142 @@
+"""Unit tests of the daemon's bookkeeping: watermarks, staging, assembly, registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from omsd.assembly import Assembler, estimate_size
+from omsd.protocol import ProtocolError, decode_chunk
+from omsd.registry import Registry
+from omsd.staging import Staging
+from omsd.watermark import Watermarks
+from tests.chunks import chunk_messages
+
+TP = ("topic", 0)
+
+
+def test_watermark_is_lowest_hold_or_next_offset() -> None:
+    marks = Watermarks()
+    assert marks.safe(TP) is None
+    for offset in range(10):
+        marks.consumed(TP, offset)
+    assert marks.safe(TP) == 10
+    marks.hold(TP, holder=1, offset=3)
+    marks.hold(TP, holder=1, offset=7)
+    marks.hold(TP, holder=2, offset=5)
+    assert marks.safe(TP) == 3
+    assert marks.to_commit() == {TP: 3}
+    marks.committed({TP: 3})
+    assert marks.to_commit() == {}
+    marks.release(1)
+    assert marks.safe(TP) == 5
+    marks.release(2)
+    assert marks.to_commit() == {TP: 10}
+
+
+def test_watermark_forget_and_assigned_filter() -> None:
+    marks = Watermarks()
+    marks.consumed(TP, 4)
+    marks.consumed(("topic", 1), 8)
+    assert marks.to_commit({TP}) == {TP: 5}
+    marks.hold(TP, 9, 2)
+    marks.forget({TP})
+    assert marks.safe(TP) is None
+    marks.release(9)  # releasing a holder of a forgotten partition is harmless
+    assert marks.to_commit() == {("topic", 1): 9}
+
+
+@pytest.fixture
+def staging(tmp_path):
+    area = Staging(tmp_path / "state", memory_budget=100_000)
+    area.open()
+    return area
+
+
+def test_staging_spills_beyond_budget_and_releases(staging) -> None:
+    small = staging.allocate(60_000)
+    big = staging.allocate(60_000)
+    assert small.kind == "shm" and big.kind == "spill"
+    assert staging.memory_used == 60_000 and staging.spill_used == 60_000
+    staging.write(small, 10, b"abc")
+    staging.write(small, 0, b"0123456789")
+    staging.seal(small)
+    with open(small.path, "rb") as handle:
+        assert handle.read() == b"0123456789abc"
+    assert staging.memory_used == 13
+    for staged in (small, big):
+        staging.release(staged)
+        assert not os.path.exists(staged.path)
+    assert staging.memory_used == 0 and staging.spill_used == 0 and staging.files == 0
+
+
+def test_staging_removes_stale_segments_of_its_state_dir(tmp_path) -> None:
+    first = Staging(tmp_path / "state", 1 << 20)
+    first.open()
+    leftover = first.allocate(10)
+    os.close(leftover.fd)  # as if the daemon had been killed
+    second = Staging(tmp_path / "state", 1 << 20)
+    assert second.open() == 1
+    assert not os.path.exists(leftover.path)
+
+
+def _chunks(rel: str, data: bytes, size: int):
+    return [decode_chunk(value) for _key, value in chunk_messages(rel, data, size)]
+
+
+def test_assembly_out_of_order_duplicates_and_holds(staging) -> None:
+    marks = Watermarks()
+    assembler = Assembler(staging, marks, max_file_size=1 << 30)
+    data = bytes(range(256)) * 100
+    chunks = _chunks("d/f.bin", data, 5000)
+    order = list(reversed(chunks)) + [chunks[0]]
+    done = None
+    for offset, chunk in enumerate(order[:-1], start=100):
+        assert done is None
+        done = assembler.add("topic", 0, offset, chunk)
+        marks.consumed(TP, offset)
+    assert done is not None and done.relative_path == "d/f.bin"
+    with open(done.staged.path, "rb") as handle:
+        assert hashlib.sha512(handle.read()).digest() == chunks[0].file_hash
+    assert marks.safe(TP) == 100  # held until the outcome is recorded
+    assembler.discard(done)
+    assert marks.safe(TP) == 100 + len(chunks)
+    # A late duplicate starts a new assembly, which the registry check upstream would skip.
+    assert assembler.add("topic", 0, 200, order[-1]) is None
+
+
+def test_assembly_rejects_inconsistent_totals_and_bounds_estimates(staging) -> None:
+    assembler = Assembler(staging, Watermarks(), max_file_size=1 << 20)
+    first = _chunks("x.bin", b"a" * 3000, 1000)
+    assembler.add("topic", 0, 0, first[0])
+    liar = _chunks("x.bin", b"a" * 3000, 500)[1]  # same file hash, other chunk count
+    with pytest.raises(ProtocolError) as err:
+        assembler.add("topic", 0, 1, liar)
+    assert err.value.reason == "inconsistent"
+    assert estimate_size(first[0], 1 << 20) == 3000
+    assert estimate_size(first[2], 1 << 20) == 3000
+
+
+def test_registry_generations_and_outcomes(tmp_path) -> None:
+    registry = Registry(tmp_path / "r.sqlite")
+    one = registry.register("t", "a/b.txt", "aa", 10)
+    assert registry.register("t", "a/b.txt", "aa", 10).id == one.id
+    two = registry.register("t", "a/b.txt", "bb", 12)
+    assert (one.generation, two.generation) == (1, 2)
+    assert not registry.is_finished("t", "a/b.txt", "aa", ["p"])
+    registry.record_step(one.id, "p", 0, "save", "done", 1, None, 0.1)
+    registry.record_step(one.id, "p", 1, "call", "failed", 3, "boom", 0.1)
+    registry.record_pipeline(one.id, "p", "failed", "call: boom")
+    registry.set_status(one.id, "failed", "call: boom", kept_path="/kept/1")
+    assert registry.is_finished("t", "a/b.txt", "aa", ["p"])
+    assert registry.done_steps(one.id) == {"p": [0]}
+    [failed] = registry.failed()
+    assert (failed["path"], failed["step"], failed["attempts"], failed["kept"]) == ("a/b.txt", "call#1", 3, True)
+    registry.clear_failure(one.id, "p")
+    assert registry.failed() == [] and registry.done_steps(one.id) == {"p": [0]}
+    registry.close()
+    # Durable: a new connection sees everything.
+    again = Registry(tmp_path / "r.sqlite")
+    assert again.find("t", "a/b.txt", "bb").generation == 2
