@@ -8,7 +8,6 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for

@@ -1,0 +1,231 @@
+"""Files in the workers' hands: from a completed assembly to a durably recorded outcome.
+
+A job is created when a file is complete (or when a failed file is retried
+from its kept bytes), sent to its worker slot, and finished when the worker's
+result has arrived and every result message it produced is acknowledged.
+Only then is the outcome written to the registry, the staging space freed and
+the file's offsets released — in that order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from confluent_kafka import KafkaError
+
+from omsd.assembly import FileAssembly
+from omsd.config import PipelineConfig
+from omsd.intake import Intake
+from omsd.metrics import Metrics
+from omsd.pool import Task, WorkerPool
+from omsd.protocol import Chunk
+from omsd.registry import Registry
+from omsd.staging import Staging
+from omsd.stats import Stats
+
+log = structlog.get_logger(__name__)
+
+Produce = Callable[[str, str, bytes, Callable | None], None]
+
+
+@dataclass
+class FileJob:
+    """A completed (or kept, for a retry) file while workers process it."""
+
+    intake: Intake | None
+    assembly: FileAssembly | None
+    record_id: int
+    topic: str
+    relative_path: str
+    size: int
+    pipelines: list[PipelineConfig]
+    kept_path: str | None = None
+    pending_acks: int = 0
+    step_failures: dict[str, str] = field(default_factory=dict)
+    result: dict | None = None
+
+
+class FileJobs:
+    """Every job between hand-off to a worker and its recorded outcome."""
+
+    def __init__(self, *, registry: Registry, staging: Staging, pool: WorkerPool, metrics: Metrics, stats: Stats,
+                 produce: Produce, failed_dir: Path, pipelines: list[PipelineConfig]) -> None:
+        self.registry = registry
+        self.staging = staging
+        self.pool = pool
+        self.metrics = metrics
+        self.stats = stats
+        self.produce = produce
+        self.failed_dir = failed_dir
+        self.pipelines = {p.name: p for p in pipelines}
+        self.jobs: dict[int, FileJob] = {}
+        self._task_ids = itertools.count(1)
+
+    # -- creating jobs -------------------------------------------------------------------------------
+    def file_complete(self, intake: Intake, assembly: FileAssembly) -> None:
+        """A file has all its chunks: register it and hand it to its worker slot."""
+        chunk = assembly.chunk
+        pipelines = intake.pipelines_for(assembly.topic, assembly.relative_path)
+        record = self.registry.register(assembly.topic, assembly.relative_path, chunk.file_hash.hex(),
+                                        assembly.staged.size)
+        finished = self.registry.finished_pipelines(record.id)
+        todo = [p for p in pipelines if p.name not in finished]
+        if not todo:
+            intake.assembler.discard(assembly)
+            intake.mark_finished(assembly.key)
+            return
+        job = FileJob(intake=intake, assembly=assembly, record_id=record.id, topic=assembly.topic,
+                      relative_path=assembly.relative_path, size=assembly.staged.size, pipelines=todo)
+        self._submit(job, assembly.staged.path, chunk)
+
+    def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
+        """Queue failed files again from their kept bytes; returns how many were queued."""
+        queued = 0
+        busy = {job.record_id for job in self.jobs.values()}
+        for row in self.registry.failed():
+            if not row["kept"] or row["file_id"] in busy or not wanted(row):
+                continue
+            record = self.registry.get(row["file_id"])
+            pipeline = self.pipelines.get(row["pipeline"])
+            if record is None or record.kept_path is None or not Path(record.kept_path).exists() or not pipeline:
+                continue
+            self.registry.clear_failure(record.id, pipeline.name)
+            subdir, _, filename = record.rel_path.rpartition("/")
+            header = Chunk(filename=filename, file_hash=bytes.fromhex(record.sha512), chunk_hash=b"", offset=0,
+                           chunk_i=0, n_total_chunks=1, subdir_str=subdir, filename_append="", data=b"",
+                           file_mtime=None)
+            job = FileJob(intake=None, assembly=None, record_id=record.id, topic=record.topic,
+                          relative_path=record.rel_path, size=Path(record.kept_path).stat().st_size,
+                          pipelines=[pipeline], kept_path=record.kept_path)
+            self._submit(job, record.kept_path, header)
+            queued += 1
+        return queued
+
+    def _submit(self, job: FileJob, path: str, header: Chunk) -> None:
+        task_id = next(self._task_ids)
+        self.jobs[task_id] = job
+        payload = {
+            "task_id": task_id,
+            "ref": {"path": path, "size": job.size},
+            "file": {"relative_path": job.relative_path, "subdir_str": header.subdir_str,
+                     "filename": header.filename, "file_hash": header.file_hash, "file_mtime": header.file_mtime,
+                     "topic": job.topic, "filename_append": header.filename_append},
+            "pipelines": [p.name for p in job.pipelines],
+            "done": self.registry.done_steps(job.record_id),
+        }
+        self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, payload=payload))
+
+    # -- worker reports ------------------------------------------------------------------------------
+    def on_step(self, task_id: int, outcome: dict) -> None:
+        """A step finished in a worker; its result messages are produced and must be acknowledged."""
+        job = self.jobs.get(task_id)
+        if job is None:
+            return
+        messages = outcome.get("messages") or []
+        if outcome["status"] != "done" or not messages:
+            self._record_step(job, outcome, outcome["status"], outcome.get("error"))
+            return
+        remaining = {"n": len(messages), "error": None}
+
+        def delivered(err: KafkaError | None, msg: object) -> None:
+            if err is not None:
+                remaining["error"] = f"result message not delivered: {err.str()}"
+            else:
+                self.stats.produced(len(msg.value() or b""))  # type: ignore[attr-defined]
+            remaining["n"] -= 1
+            job.pending_acks -= 1
+            if remaining["n"] == 0:
+                self._record_step(job, outcome, "failed" if remaining["error"] else "done", remaining["error"])
+                self._try_finish(task_id)
+
+        for topic, key, value in messages:
+            job.pending_acks += 1
+            self.produce(topic, key, value, delivered)
+
+    def on_result(self, task_id: int, message: dict) -> None:
+        job = self.jobs.get(task_id)
+        if job is not None:
+            job.result = message
+            self._try_finish(task_id)
+
+    def on_poison(self, task: Task) -> None:
+        """The file killed its worker too often: failed, bytes kept for an operator's retry."""
+        job = self.jobs.pop(task.task_id, None)
+        if job is None:
+            return
+        error = f"poison: the file killed its worker {task.deaths} times"
+        self._record_pipelines(job, {p.name: error for p in job.pipelines})
+        self._finish(job, "failed", error, keep=True)
+
+    def _record_step(self, job: FileJob, outcome: dict, status: str, error: str | None) -> None:
+        duration = outcome.get("duration_s") or 0.0
+        self.registry.record_step(job.record_id, outcome["pipeline"], outcome["index"], outcome["kind"], status,
+                                  outcome["attempts"], error, duration)
+        self.metrics.observe_step(outcome["pipeline"], outcome["kind"], duration)
+        if status == "failed":
+            job.step_failures[outcome["pipeline"]] = f"{outcome['kind']} (step {outcome['index'] + 1}): {error}"
+            self.stats.error(f"{job.relative_path}: {outcome['pipeline']}/{outcome['kind']}: {error}")
+
+    def _try_finish(self, task_id: int) -> None:
+        """Record a file's outcome durably, then free its staging and release its offsets."""
+        job = self.jobs.get(task_id)
+        if job is None or job.result is None or job.pending_acks > 0:
+            return
+        del self.jobs[task_id]
+        result = job.result
+        if result.get("status") == "ok":
+            errors = {p.name: job.step_failures.get(p.name, "failed") for p in job.pipelines
+                      if p.name in job.step_failures or not result["pipelines"].get(p.name)}
+            self._record_pipelines(job, errors)
+            self._finish(job, "failed" if errors else "done", "; ".join(errors.values()) or None, keep=bool(errors))
+        else:
+            error = result.get("error") or result.get("status")
+            self._record_pipelines(job, {p.name: error for p in job.pipelines})
+            self._finish(job, "failed", error, keep=result.get("status") != "hash_mismatch")
+
+    def _record_pipelines(self, job: FileJob, errors: dict[str, str]) -> None:
+        for pipeline in job.pipelines:
+            error = errors.get(pipeline.name)
+            self.registry.record_pipeline(job.record_id, pipeline.name, "failed" if error else "done", error)
+            if error:
+                self.metrics.file_failed(pipeline.name)
+            else:
+                self.metrics.file_completed(pipeline.name, job.size)
+
+    def _finish(self, job: FileJob, status: str, error: str | None, *, keep: bool) -> None:
+        kept = None
+        if keep and job.assembly is not None:
+            kept_path = self.failed_dir / f"{job.record_id}"
+            self.staging.keep(job.assembly.staged, kept_path)
+            kept = str(kept_path)
+        self.registry.set_status(job.record_id, status, error, kept_path=kept)
+        if status == "done":
+            self.stats.file_done(job.size)
+            if job.kept_path:
+                Path(job.kept_path).unlink(missing_ok=True)
+        else:
+            self.stats.file_failed()
+            log.error("file failed", path=job.relative_path, topic=job.topic, error=error)
+        if job.assembly is not None and job.intake is not None:
+            job.intake.assembler.discard(job.assembly)
+            job.intake.mark_finished(job.assembly.key)
+
+    # -- questions and clean-up ----------------------------------------------------------------------
+    def waiting_for_acks(self) -> bool:
+        return any(job.result is not None and job.pending_acks for job in self.jobs.values())
+
+    def holding(self, intake: Intake, tps: set[tuple[str, int]]) -> bool:
+        """True while a job from ``intake`` has chunks on any of ``tps``."""
+        return any(job.intake is intake and job.assembly is not None and job.assembly.partitions & tps
+                   for job in self.jobs.values())
+
+    def release_all(self) -> None:
+        """At stop: free the staging of unfinished jobs (their offsets were never committed past)."""
+        for job in self.jobs.values():
+            if job.assembly is not None:
+                self.staging.release(job.assembly.staged)
+        self.jobs.clear()
