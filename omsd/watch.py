@@ -35,7 +35,8 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
-from omsd.upload import FileEntry, FileJob, Uploader, UploadError, open_producer, print_error, walk_directory
+from omsd.upload import print_error
+from omsd.uploader import FileEntry, FileJob, Uploader, UploadError, open_producer, walk_directory
 
 log = structlog.get_logger(__name__)
 
