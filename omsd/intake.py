@@ -208,6 +208,20 @@ class Intake:
             return
         self.watermarks.committed(offsets)
 
+    def lag(self, timeout: float = 0.2) -> dict[tuple[str, int], int]:
+        """Messages between the committed (safe) offset and the end of each assigned partition."""
+        out = {}
+        for topic, partition in sorted(self.assigned):
+            try:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            except Exception:  # noqa: BLE001 - the broker may be away; lag is best effort
+                continue
+            if high < 0:
+                continue
+            committed = self.watermarks.committed_offset((topic, partition))
+            out[(topic, partition)] = max(0, high - (committed if committed is not None else max(low, 0)))
+        return out
+
     def close(self) -> None:
         self.commit(force=True)
         self.consumer.close()

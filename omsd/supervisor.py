@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 POLL_TIMEOUT_S = 0.1
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
+LAG_EVERY_S = 15.0
 
 
 class Supervisor:
@@ -93,6 +94,7 @@ class Supervisor:
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
         self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
         self.retry_schedule = HeartbeatSchedule(RETRY_SCAN_EVERY_S)
+        self.lag_schedule = HeartbeatSchedule(LAG_EVERY_S) if cfg.metrics_port is not None else None
         self.state = DaemonState.RUNNING
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
                  pipelines=[p.name for p in cfg.pipelines], groups=list(groups))
@@ -228,6 +230,10 @@ class Supervisor:
                                                    f"{len(assembly.received)}/{assembly.n_total} chunks")
             self._apply_backpressure(intake)
             intake.commit()
+        if self.lag_schedule is not None and any(i.assigned for i in self.intakes) and self.lag_schedule.due(now):
+            for intake in self.intakes:
+                for (topic, partition), lag in intake.lag().items():
+                    self.metrics.set_consumer_lag(topic, partition, lag)
         self.metrics.set_staging_bytes("memory", self.staging.memory_used)
         self.metrics.set_staging_bytes("spill", self.staging.spill_used)
         self.control.poll(0)

@@ -80,6 +80,10 @@ pipelines:
 
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         assert 'omsd_files_completed_total{pipeline="mirror"} 5.0' in scraped
+        assert 'omsd_staging_bytes{kind="memory"} 0.0' in scraped
+        assert "omsd_step_duration_seconds_count" in scraped
+        assert [line for line in scraped.splitlines()
+                if line.startswith("omsd_consumer_lag{") and f'topic="{topic}"' in line]
 
         # Heartbeats: their read counters add up to what was sent.
         consumer = Consumer({**client_props(broker.bootstrap), "group.id": f"hb-{uuid.uuid4().hex[:6]}",
