@@ -157,3 +157,39 @@ pipelines:
     finally:
         assert stop_daemon(proc) == 0
     time.sleep(0)
+
+
+def test_warnings_go_to_the_log_topic(broker, topic, tmp_path) -> None:
+    from tests.chunks import produce
+
+    log_topic = f"log-{uuid.uuid4().hex[:8]}"
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
+log: {{topic: {log_topic}, interval_secs: 0.5, program_id: lab1}}
+pipelines:
+  - name: mirror
+    topic: {topic}
+    steps:
+      - save: {{dir: {tmp_path / 'out'}}}
+""")
+    produce(broker.bootstrap, topic, [("bad", b"\x00 not a chunk", 0)])
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log)
+    consumer = Consumer({**client_props(broker.bootstrap), "group.id": f"log-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
+    consumer.subscribe([log_topic])
+    lines: list[str] = []
+    try:
+        def rejection_logged() -> bool:
+            for msg in consumer.consume(100, 0.5):
+                if msg.error() is None:
+                    assert msg.key() == b"lab1_log"
+                    value = json.loads(msg.value())
+                    assert isinstance(value["timestamp"], float)
+                    lines.extend(value["messages"])
+            return any("rejected message" in line for line in lines)
+        wait_for(rejection_logged, 30, "the rejection on the log topic", proc, log)
+        entry = json.loads(next(line for line in lines if "rejected message" in line))
+        assert (entry["topic"], entry["partition"], entry["offset"], entry["reason"]) == (topic, 0, 0, "undecodable")
+    finally:
+        consumer.close()
+        assert stop_daemon(proc) == 0
