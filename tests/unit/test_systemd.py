@@ -103,7 +103,7 @@ def test_unit_files_declare_the_contract():
     for name in ("omsd.service", "omsd@.service"):
         text = (UNIT_DIR / name).read_text()
         for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "KillMode=mixed",
-                     "TimeoutStopSec=90", "Restart=on-failure", "RestartPreventExitStatus=78",
+                     "TimeoutStopSec=90", "Restart=on-failure", "RestartPreventExitStatus=78 4",
                      "User=omsd", "Group=omsd", "ProtectSystem=strict",
                      "ReadWritePaths=/srv/omsd", "NoNewPrivileges=yes", "PrivateTmp=yes"):
             assert f"\n{line}\n" in text, (name, line)
