@@ -33,6 +33,17 @@ class FileAssembly:
     first_seen: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     partitions: set[TopicPartition] = field(default_factory=set)
+    # chunk_i → (offset in file, length, claimed sha512, partition, message offset)
+    chunk_index: dict[int, tuple[int, int, bytes, int, int]] = field(default_factory=dict)
+
+    def chunk_table(self) -> list[tuple[int, int, int, bytes]]:
+        """(chunk_i, offset, length, sha512) of every chunk: what a worker needs to find a bad one."""
+        return [(i, off, length, digest) for i, (off, length, digest, _p, _o) in sorted(self.chunk_index.items())]
+
+    def message_of(self, chunk_i: int) -> tuple[TopicPartition, int] | None:
+        """Where chunk ``chunk_i`` was read from: ((topic, partition), offset)."""
+        entry = self.chunk_index.get(chunk_i)
+        return ((self.topic, entry[3]), entry[4]) if entry else None
 
     @property
     def key(self) -> FileKey:
@@ -91,6 +102,7 @@ class Assembler:
             return None  # a duplicate: its bytes are already staged
         self.staging.write(assembly.staged, chunk.offset, chunk.data)
         assembly.received.add(chunk.chunk_i)
+        assembly.chunk_index[chunk.chunk_i] = (chunk.offset, len(chunk.data), chunk.chunk_hash, partition, offset)
         assembly.bytes_received += len(chunk.data)
         tp = (topic, partition)
         assembly.partitions.add(tp)

@@ -37,6 +37,10 @@ class StagingConfig:
     memory_bytes: int = 512 << 20
     max_file_bytes: int = 64 << 30
     expire_incomplete_secs: float = 3600.0
+    # "on_mismatch": the workers' whole-file sha512 proves every byte; chunk hashes are checked only to
+    # name the bad messages when it fails. "at_intake": every chunk is hashed on arrival as well, so a
+    # corrupt chunk is rejected at once and a good copy of it can still complete the file.
+    verify_chunk_hashes: str = "on_mismatch"
 
 
 @dataclass(frozen=True)
@@ -292,12 +296,18 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
     cfg.control_socket = Path(sock) if sock else cfg.state_dir / "omsd.sock"
     cfg.workers = int(reader.number(data, "workers", os.cpu_count() or 1, int, minimum=1))
     cfg.shutdown_timeout_secs = float(reader.number(data, "shutdown_timeout_secs", 60.0))
-    staging = reader.mapping(data, "staging", {"memory_bytes", "max_file_bytes", "expire_incomplete_secs"})
+    staging = reader.mapping(data, "staging", {"memory_bytes", "max_file_bytes", "expire_incomplete_secs",
+                                               "verify_chunk_hashes"})
     defaults = StagingConfig()
+    verify = reader.string(staging, "verify_chunk_hashes", defaults.verify_chunk_hashes)
+    if verify not in ("on_mismatch", "at_intake"):
+        raise ConfigError(f"{reader.where(staging, 'verify_chunk_hashes')}: 'verify_chunk_hashes' must be "
+                          "on_mismatch or at_intake")
     cfg.staging = StagingConfig(
         memory_bytes=parse_size(staging.get("memory_bytes", defaults.memory_bytes), reader.where(staging, "memory_bytes")),
         max_file_bytes=parse_size(staging.get("max_file_bytes", defaults.max_file_bytes), reader.where(staging, "max_file_bytes")),
         expire_incomplete_secs=float(reader.number(staging, "expire_incomplete_secs", defaults.expire_incomplete_secs)),
+        verify_chunk_hashes=str(verify),
     )
     heartbeat = reader.mapping(data, "heartbeat", {"topic", "interval_secs", "program_id"})
     if heartbeat:
@@ -366,7 +376,8 @@ def _from_ini(text: str, path: Path | None) -> Config:
                 continue  # OpenMSIStream keeps node_id for KafkaCrypto, never for librdkafka
             values[key] = _ini_value(raw, f"{path}[{section}] {key}")
         sections[section] = values
-    unknown = sorted(set(sections) - {"broker", "consumer", "producer", "heartbeat", "log"})
+    # [s3] and [kafkacrypto] belong to OpenMSIStream programs (the S3 classes read [s3] themselves).
+    unknown = sorted(set(sections) - {"broker", "consumer", "producer", "heartbeat", "log", "s3", "kafkacrypto"})
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
     consumer = sections.get("consumer", {})

@@ -12,12 +12,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
+from concurrent.futures import ThreadPoolExecutor
+
+from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 
 from omsd.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
 from omsd.kafka import make_consumer
-from omsd.protocol import ProtocolError, decode_chunk
+from omsd.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
 from omsd.staging import Staging, StagingFull
 from omsd.watermark import Watermarks
@@ -27,6 +29,8 @@ log = structlog.get_logger(__name__)
 FINISHED_CACHE_SIZE = 10000
 RECENT_REJECTIONS = 50
 STAGING_RETRY_S = 2.0
+BATCH = 500
+HASH_THREADS = 2
 
 
 class Intake:
@@ -54,6 +58,8 @@ class Intake:
         self.messages_read = 0
         self._finished: OrderedDict[FileKey, bool] = OrderedDict()
         self.processing: set[FileKey] = set()  # complete files the workers have not finished
+        self.verify_at_intake = config.staging.verify_chunk_hashes == "at_intake"
+        self._hashers = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="omsd-hash")
         self._last_commit = 0.0
 
     # -- group membership --------------------------------------------------------------------------
@@ -86,22 +92,25 @@ class Intake:
 
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, timeout: float) -> list[FileAssembly]:
-        """Read a batch of messages; return the files they completed."""
-        completed: list[FileAssembly] = []
-        rewound: set[tuple[str, int]] = set()
+        """Read a batch of messages; return the files they completed.
+
+        Each batch is decoded; with ``verify_chunk_hashes: at_intake`` the chunk
+        hashes of the chunks we will keep are checked in parallel threads
+        (sha512 releases the GIL); then the chunks are staged in order.
+        """
         if "staging_full" in self.pause_reasons and time.monotonic() - self.staging_full_since > STAGING_RETRY_S:
             self.resume("staging_full")  # try again; a write that still fails pauses again
-        for msg in self.consumer.consume(num_messages=500, timeout=timeout):
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", group=self.group_id, error=str(err))
-                continue
-            tp = (msg.topic(), msg.partition())
+        items = [item for item in map(self._decode, self.consumer.consume(num_messages=BATCH, timeout=timeout))
+                 if item is not None]
+        if self.verify_at_intake:
+            self._verify_hashes(items)
+        completed: list[FileAssembly] = []
+        rewound: set[tuple[str, int]] = set()
+        for msg, tp, chunk in items:
             if tp in rewound:
                 continue
             try:
-                done = self._handle(msg, tp)
+                done = self._stage(msg, tp, chunk) if isinstance(chunk, Chunk) else self.reject(chunk, tp, msg.offset())
             except StagingFull as exc:
                 # Nothing is lost: re-read from this message once space returns.
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
@@ -116,15 +125,53 @@ class Intake:
                 completed.append(done)
         return completed
 
-    def _handle(self, msg: object, tp: tuple[str, int]) -> FileAssembly | None:
-        value = msg.value()  # type: ignore[attr-defined]
+    def _decode(self, msg: Message) -> tuple[Message, tuple[str, int], Chunk | ProtocolError] | None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", group=self.group_id, error=str(err))
+            return None
+        value = msg.value()
         self.messages_read += 1
         self.on_read(len(value) if value else 0)
+        tp = (msg.topic(), msg.partition())
         try:
-            chunk = decode_chunk(value, max_file_size=self.assembler.max_file_size)
+            chunk = decode_chunk(value, max_file_size=self.assembler.max_file_size, verify_hash=False)
         except ProtocolError as exc:
-            self.reject(exc, tp, msg.offset())  # type: ignore[attr-defined]
+            return msg, tp, exc
+        return msg, tp, chunk
+
+    def _verify_hashes(self, items: list) -> None:
+        """Replace chunks whose data does not match their hash by the error (only chunks we would stage)."""
+        todo = [i for i, (_msg, tp, chunk) in enumerate(items) if isinstance(chunk, Chunk) and self._wanted(tp, chunk)]
+        if not todo:
+            return
+
+        def check(index: int) -> ProtocolError | None:
+            try:
+                verify_chunk_hash(items[index][2])
+            except ProtocolError as exc:
+                return exc
             return None
+
+        results = self._hashers.map(check, todo) if len(todo) > 1 else map(check, todo)
+        for index, error in zip(todo, list(results)):
+            if error is not None:
+                msg, tp, _chunk = items[index]
+                items[index] = (msg, tp, error)
+
+    def _wanted(self, tp: tuple[str, int], chunk: Chunk) -> bool:
+        """Would this chunk be staged (as far as we can tell before the batch is handled)?"""
+        key = (tp[0], chunk.relative_path, chunk.file_hash)
+        if key in self.processing:
+            return False
+        assembly = self.assembler.files.get(key)
+        if assembly is not None:
+            return chunk.chunk_i not in assembly.received
+        pipelines = self.pipelines_for(tp[0], chunk.relative_path)
+        return bool(pipelines) and not self._already_finished(key, pipelines)
+
+    def _stage(self, msg: Message, tp: tuple[str, int], chunk: Chunk) -> FileAssembly | None:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         if not pipelines:
             return None  # no pipeline wants this file: committed past, never staged
@@ -134,9 +181,9 @@ class Intake:
         if key not in self.assembler.files and self._already_finished(key, pipelines):
             return None
         try:
-            return self.assembler.add(tp[0], tp[1], msg.offset(), chunk)  # type: ignore[attr-defined]
+            return self.assembler.add(tp[0], tp[1], msg.offset(), chunk)
         except ProtocolError as exc:
-            self.reject(exc, tp, msg.offset())  # type: ignore[attr-defined]
+            self.reject(exc, tp, msg.offset())
             return None
 
     def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
@@ -225,6 +272,7 @@ class Intake:
     def close(self) -> None:
         self.commit(force=True)
         self.consumer.close()
+        self._hashers.shutdown(wait=False)
 
     def describe_partitions(self) -> list[dict]:
         out = []

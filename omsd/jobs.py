@@ -22,7 +22,7 @@ from omsd.config import PipelineConfig
 from omsd.intake import Intake
 from omsd.metrics import Metrics
 from omsd.pool import Task, WorkerPool
-from omsd.protocol import Chunk
+from omsd.protocol import Chunk, ProtocolError
 from omsd.registry import Registry
 from omsd.staging import Staging
 from omsd.stats import Stats
@@ -116,6 +116,7 @@ class FileJobs:
                      "topic": job.topic, "filename_append": header.filename_append},
             "pipelines": [p.name for p in job.pipelines],
             "done": self.registry.done_steps(job.record_id),
+            "chunks": job.assembly.chunk_table() if job.assembly is not None else [],
         }
         self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, payload=payload))
 
@@ -184,8 +185,19 @@ class FileJobs:
             self._finish(job, "failed" if errors else "done", "; ".join(errors.values()) or None, keep=bool(errors))
         else:
             error = result.get("error") or result.get("status")
+            self._report_bad_chunks(job, result.get("bad_chunks") or [])
             self._record_pipelines(job, {p.name: error for p in job.pipelines})
             self._finish(job, "failed", error, keep=result.get("status") != "hash_mismatch")
+
+    def _report_bad_chunks(self, job: FileJob, bad: list[int]) -> None:
+        """Name the messages whose data did not match their chunk hash: logged and counted as rejections."""
+        if job.assembly is None or job.intake is None:
+            return
+        for chunk_i in bad:
+            where = job.assembly.message_of(chunk_i)
+            if where is not None:
+                job.intake.reject(ProtocolError("chunk_hash_mismatch", f"chunk {chunk_i}/{job.assembly.n_total} "
+                                                f"of {job.relative_path!r} does not match its hash"), *where)
 
     def _record_pipelines(self, job: FileJob, errors: dict[str, str]) -> None:
         for pipeline in job.pipelines:

@@ -131,12 +131,15 @@ def _as_hash(value: object, field: str) -> bytes:
     return value
 
 
-def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> Chunk:
+def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+                 verify_hash: bool = True) -> Chunk:
     """Decode and verify one chunk message value.
 
     Raises ProtocolError for garbage, wrong field count or types, a chunk hash
     mismatch, chunk numbers or offsets out of range, a file claimed larger
     than ``max_file_size``, or a path that could leave an output directory.
+    With ``verify_hash=False`` the caller promises to call :func:`verify_chunk_hash`
+    (e.g. in a thread pool: hashing releases the GIL).
     """
     if not value:
         raise ProtocolError("empty", "message value is empty or missing")
@@ -191,10 +194,7 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
             safe_relative_path(subdir_str, filename + filename_append)
         except UnsafePathError as exc:
             raise ProtocolError("unsafe_path", f"with filename_append: {exc}") from exc
-    if hashlib.sha512(data).digest() != chunk_hash:
-        raise ProtocolError("chunk_hash_mismatch", f"chunk {chunk_i}/{n_total} of {filename!r} does not match its hash")
-
-    return Chunk(
+    chunk = Chunk(
         filename=filename,
         file_hash=file_hash,
         chunk_hash=chunk_hash,
@@ -206,3 +206,13 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
         data=data,
         file_mtime=file_mtime,
     )
+    if verify_hash:
+        verify_chunk_hash(chunk)
+    return chunk
+
+
+def verify_chunk_hash(chunk: Chunk) -> None:
+    """Raise ProtocolError unless the chunk's data matches its sha512."""
+    if hashlib.sha512(chunk.data).digest() != chunk.chunk_hash:
+        raise ProtocolError("chunk_hash_mismatch",
+                            f"chunk {chunk.chunk_i}/{chunk.n_total_chunks} of {chunk.filename!r} does not match its hash")

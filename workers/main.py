@@ -3,7 +3,8 @@
 Started with the ``spawn`` method by the supervisor's pool; never imports
 confluent_kafka. Talks to the supervisor over one duplex pipe:
 
-    supervisor → worker   {"task_id", "ref": {"path", "size"}, "file": {...}, "pipelines": [...], "done": {...}}
+    supervisor → worker   {"task_id", "ref": {"path", "size"}, "file": {...}, "pipelines": [...], "done": {...},
+                           "chunks": [(chunk_i, offset, length, sha512), ...]}
                           or None to stop
     worker → supervisor   {"type": "ready"}
                           {"type": "step", "task_id", "outcome": {...}}      after each finished step
@@ -39,6 +40,17 @@ def file_sha512(path: str, size: int) -> bytes:
     return digest.digest()
 
 
+def bad_chunks(path: str, chunks: Any) -> list[int]:
+    """The chunk numbers whose staged bytes do not match their own sha512 (to name the bad messages)."""
+    bad = []
+    with open(path, "rb", buffering=0) as handle:
+        for chunk_i, offset, length, digest in chunks:
+            handle.seek(offset)
+            if hashlib.sha512(handle.read(length)).digest() != digest:
+                bad.append(chunk_i)
+    return bad
+
+
 def _outcome_dict(outcome: Any) -> dict:
     return {"pipeline": outcome.pipeline, "index": outcome.index, "kind": outcome.kind, "status": outcome.status,
             "attempts": outcome.attempts, "error": outcome.error, "duration_s": outcome.duration_s,
@@ -53,8 +65,10 @@ def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
     started = time.monotonic()
     actual = file_sha512(ref["path"], ref["size"])
     if actual != meta["file_hash"]:
-        return {"type": "result", "task_id": task["task_id"], "status": "hash_mismatch",
-                "error": f"whole-file sha512 mismatch ({ref['size']} bytes assembled)"}
+        bad = bad_chunks(ref["path"], task.get("chunks", ()))
+        detail = f"chunks {bad} do not match their hashes" if bad else "every chunk matches its own hash"
+        return {"type": "result", "task_id": task["task_id"], "status": "hash_mismatch", "bad_chunks": bad,
+                "error": f"whole-file sha512 mismatch ({ref['size']} bytes assembled; {detail})"}
     results: dict[str, bool] = {}
     datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
                         filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],

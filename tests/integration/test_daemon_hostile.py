@@ -6,6 +6,7 @@ import hashlib
 import random
 
 import msgpack
+import pytest
 
 from omsd.control.client import ControlClient
 from omsd.protocol import encode_chunk
@@ -38,16 +39,29 @@ def hostile_messages() -> list[tuple[str, bytes | None, str]]:
         ("absolute", _value(subdir_str="/etc"), "unsafe_path"),
         ("nul", _value(filename="a\x00b"), "unsafe_path"),
         ("backslash", _value(subdir_str="a\\..\\..\\b"), "unsafe_path"),
-        ("chunk-hash", _value(chunk_hash=hashlib.sha512(b"other").digest()), "chunk_hash_mismatch"),
         ("absurd-n", _value(n_total_chunks=10**15), "too_large"),
         ("absurd-offset", _value(offset=2**55, n_total_chunks=3), "too_large"),
         ("i-beyond-n", _value(chunk_i=5, n_total_chunks=3), "bad_range"),
     ]
 
 
-def test_hostile_input_is_rejected_and_good_files_survive(broker, topic, tmp_path) -> None:
+def corrupted_file() -> list[tuple[str, bytes]]:
+    """A two-chunk file whose second chunk was damaged after it was hashed (bit rot in a producer)."""
+    data = bytes(range(256)) * 200
+    file_hash = hashlib.sha512(data).digest()
+    first, second = data[:25_600], bytearray(data[25_600:])
+    second[100] ^= 0xFF
+    return [("rot_1", encode_chunk(filename="rotten.bin", file_hash=file_hash, data=first, offset=0, chunk_i=1,
+                                   n_total_chunks=2)),
+            ("rot_2", encode_chunk(filename="rotten.bin", file_hash=file_hash, data=bytes(second), offset=25_600,
+                                   chunk_i=2, n_total_chunks=2, chunk_hash=hashlib.sha512(data[25_600:]).digest()))]
+
+
+@pytest.mark.parametrize("verify", ["on_mismatch", "at_intake"])
+def test_hostile_input_is_rejected_and_good_files_survive(broker, topic, tmp_path, verify) -> None:
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
+staging: {{verify_chunk_hashes: {verify}}}
 pipelines:
   - name: mirror
     topic: {topic}
@@ -65,7 +79,7 @@ pipelines:
     messages: list[tuple[str | None, bytes | None, int | None]] = []
     for rel, data in good.items():
         messages += [(k, v, 0) for k, v in chunk_messages(rel, data, chunk_size=32_000)]
-    messages += [(k, v, 0) for k, v, _ in hostile] + [(k, v, 0) for k, v in corrupt]
+    messages += [(k, v, 0) for k, v, _ in hostile] + [(k, v, 0) for k, v in corrupt + corrupted_file()]
     rng.shuffle(messages)
     produce(broker.bootstrap, topic, messages)
 
@@ -75,12 +89,12 @@ pipelines:
     try:
         wait_for(lambda: out.exists() and tree(out) == good, 60, "good files saved", proc, log)
         client = ControlClient(sock)
-        wait_for(lambda: sum(client.request("status")["rejected"].values()) >= len(hostile), 30,
-                 "every rejection counted", proc, log)
-        status = client.request("status")
-        expected: dict[str, int] = {}
+        expected: dict[str, int] = {"chunk_hash_mismatch": 1}  # the damaged chunk of rotten.bin
         for _k, _v, reason in hostile:
             expected[reason] = expected.get(reason, 0) + 1
+        wait_for(lambda: sum(client.request("status")["rejected"].values()) >= sum(expected.values()), 30,
+                 "every rejection counted", proc, log)
+        status = client.request("status")
         assert status["rejected"] == expected
         wait_for(lambda: any(f["path"] == "corrupt.bin" for f in client.request("failed")["files"]), 30,
                  "the corrupt file recorded as failed", proc, log)
@@ -89,6 +103,6 @@ pipelines:
         assert stop_daemon(proc) == 0
     # Nothing was written anywhere but the output and state directories.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.log", "omsd.yaml", "out", "state"]
-    assert not (out / "corrupt.bin").exists()
+    assert not (out / "corrupt.bin").exists() and not (out / "rotten.bin").exists()
     text = log.read_text()
     assert "rejected message" in text and '"offset"' in text or "offset=" in text
