@@ -30,6 +30,21 @@ def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
     embedded.stop()
 
 
+S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server (a real S3 API over HTTP on loopback) started for this test session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def topic() -> str:
     """A topic name no other test uses."""

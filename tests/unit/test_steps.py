@@ -357,6 +357,8 @@ BAD_OPTIONS = [
     ("exec", {"argv": ["/bin/true", 3]}, "'argv'\\[1\\] must be a string"),
     ("exec", {"argv": ["/bin/true"], "timeout": 0}, "'timeout' must be at least"),
     ("exec", {"argv": ["/bin/true"], "env": {"A": 1}}, "'env'\\['A'\\] must be a string"),
+    ("openmsistream", {}, "missing required option 'class'"),
+    ("openmsistream", {"class": F + "meta_dict"}, "not a subclass"),
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from workers.steps.base import OutboundMessage, Step, StepConfigError, StepContext
 from workers.steps.call import CallStep
+from workers.steps.compat_step import OpenMSIStreamStep
 from workers.steps.exec import ExecStep
 from workers.steps.metadata import MetadataStep
 from workers.steps.reproduce import ReproduceStep
@@ -17,7 +18,7 @@ from workers.steps.s3 import S3Step
 from workers.steps.save import SaveStep
 
 STEP_KINDS: dict[str, type[Step]] = {
-    cls.kind: cls for cls in (SaveStep, S3Step, MetadataStep, ReproduceStep, CallStep, ExecStep)
+    cls.kind: cls for cls in (SaveStep, S3Step, MetadataStep, ReproduceStep, CallStep, ExecStep, OpenMSIStreamStep)
 }
 
 __all__ = ["STEP_KINDS", "OutboundMessage", "Step", "StepConfigError", "StepContext", "build_step"]

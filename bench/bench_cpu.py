@@ -1,0 +1,265 @@
+"""CPU-bound processing: omsd `workers: 2` vs an OpenMSIStream DataFileStreamProcessor with `--n_threads 2`.
+
+One run, one fresh embedded broker, one topic with a dozen small files. Both
+readers run the same pure-Python function (`analyse`, about a second of CPU
+per file, holding the GIL) on every file: omsd as a `call` step in its worker
+processes, OpenMSIStream in its consumer threads. Each call records its pid,
+thread, start, end and CPU time; a reader's time is the span from the first
+call's start to the last call's end (start-up and group joins are left out
+for both). The mean wall and CPU seconds per call are printed too: a wall
+well above the CPU means the reader was waiting for a core (other load).
+
+    .venv/bin/python bench/bench_cpu.py                  # 12 files, 2 workers / 2 threads
+    .venv/bin/python bench/bench_cpu.py --names balanced     # names that split evenly over the workers
+    .venv/bin/python bench/bench_cpu.py --files 24 --workers 4 --iterations 3000000
+
+omsd sends each file to the worker its path hashes to (one path, one worker,
+in order), so a dozen files rarely split evenly: with the default names the
+split is printed, with the bound it puts on the speed-up.
+
+This module is also the step function's home, so it imports nothing heavy at
+module level (omsd's workers import it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_TIMEOUT_MS = 2000
+ITERATIONS = int(os.environ.get("BENCH_CPU_ITERATIONS", "7000000"))
+
+
+# -- the work, identical for both readers ------------------------------------------------------------
+def burn(iterations: int) -> int:
+    """Pure-Python arithmetic: the kind of per-file analysis that holds the GIL."""
+    acc = 0
+    for i in range(iterations):
+        acc = (acc + i * i) % 1_000_003
+    return acc
+
+
+def analyse(datafile) -> None:
+    """The step function: burn CPU, then append a timing record to $BENCH_CPU_RECORD."""
+    start, cpu0 = time.time(), time.process_time()
+    burn(ITERATIONS + len(datafile.bytestring) % 7)
+    end, cpu1 = time.time(), time.process_time()
+    line = json.dumps({"path": str(datafile.relative_filepath), "pid": os.getpid(),
+                       "thread": threading.get_ident(), "start": start, "end": end, "cpu_s": cpu1 - cpu0})
+    with open(os.environ["BENCH_CPU_RECORD"], "a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
+def records(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+# -- OpenMSIStream side (run in its own process) -------------------------------------------------------
+def run_openmsistream(config: str, topic: str, output_dir: str, threads: int) -> None:
+    """An OpenMSIStream DataFileStreamProcessor running `analyse`; stops on "q" on stdin."""
+    from openmsistream import DataFileStreamProcessor
+
+    class AnalysisProcessor(DataFileStreamProcessor):
+        def _process_downloaded_data_file(self, datafile, lock):
+            try:
+                analyse(datafile)
+            except Exception as exc:  # noqa: BLE001 - OpenMSIStream's contract: return it
+                return exc
+            return None
+
+        @classmethod
+        def run_from_command_line(cls, args=None):
+            raise NotImplementedError
+
+    processor = AnalysisProcessor(Path(config), topic, output_dir=Path(output_dir), n_threads=threads,
+                                  consumer_group_id="create_new")
+    processor.process_files_as_read()
+    processor.close()
+
+
+# -- the benchmark -------------------------------------------------------------------------------------
+def file_names(n: int, workers: int, how: str) -> list[str]:
+    """``natural``: run<i%4>/file_<i>.bin (as bench_download names them); ``balanced``: an even split."""
+    if how == "natural":
+        return [f"run{i % 4}/file_{i:04d}.bin" for i in range(n)]
+    from omsd.sharding import worker_slot_for
+
+    names: list[str] = []
+    want = [n // workers + (1 if slot < n % workers else 0) for slot in range(workers)]
+    i = 0
+    while len(names) < n:
+        name = f"run{i % 4}/file_{i:04d}.bin"
+        slot = worker_slot_for(name, workers)
+        if want[slot]:
+            want[slot] -= 1
+            names.append(name)
+        i += 1
+    return names
+
+
+def write_configs(work: Path, bootstrap: str, topic: str, workers: int, group: str) -> tuple[Path, Path]:
+    ini = work / "openmsistream.config"
+    ini.write_text(f"""[broker]
+bootstrap.servers = {bootstrap}
+
+[consumer]
+group.id = create_new
+auto.offset.reset = earliest
+enable.auto.commit = False
+session.timeout.ms = {SESSION_TIMEOUT_MS}
+heartbeat.interval.ms = 500
+key.deserializer = StringDeserializer
+value.deserializer = DataFileChunkDeserializer
+""")
+    yaml = work / "omsd.yaml"
+    yaml.write_text(f"""broker:
+  bootstrap.servers: {bootstrap}
+consumer:
+  group.id: {group}
+  session.timeout.ms: {SESSION_TIMEOUT_MS}
+  heartbeat.interval.ms: 500
+state_dir: {work / 'omsd-state'}
+workers: {workers}
+pipelines:
+  - name: analyse
+    topic: {topic}
+    steps:
+      - call: {{function: bench.bench_cpu:analyse}}
+""")
+    return ini, yaml
+
+
+def time_reader(name: str, cmd: list[str], record: Path, n_files: int, log: Path, timeout: float,
+                stop) -> dict:
+    env = {**os.environ, "BENCH_CPU_RECORD": str(record), "BENCH_CPU_ITERATIONS": str(ITERATIONS)}
+    launched = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            cwd=REPO, env=env)
+    try:
+        while len(records(record)) < n_files:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; log: {log}")
+            if time.monotonic() - launched > timeout:
+                raise RuntimeError(f"{name}: {len(records(record))}/{n_files} files after {timeout:.0f} s; log: {log}")
+            time.sleep(0.05)
+        total = time.monotonic() - launched
+    finally:
+        stop(proc)
+    done = records(record)
+    span = max(r["end"] for r in done) - min(r["start"] for r in done)
+    per_worker: dict[str, int] = {}
+    for r in done:
+        key = f"pid {r['pid']}" if name == "omsd" else f"thread {r['thread'] % 100000}"
+        per_worker[key] = per_worker.get(key, 0) + 1
+    return {"reader": name, "span_s": span, "launch_to_done_s": total, "per_worker": per_worker,
+            "call_wall_s": statistics.mean(r["end"] - r["start"] for r in done),
+            "call_cpu_s": statistics.mean(r["cpu_s"] for r in done)}
+
+
+def stop_omsd(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+def stop_openmsistream(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.stdin.write(b"q\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(args: argparse.Namespace) -> float:
+    sys.path.insert(0, str(REPO))
+    from omsd.broker import EmbeddedBroker
+    from omsd.sharding import worker_slot_for
+    from tests.chunks import produce_files
+
+    work = Path(tempfile.mkdtemp(prefix="omsd-bench-cpu-"))
+    names = file_names(args.files, args.workers, args.names)
+    files = {name: os.urandom(4096) for name in names}
+    split = [sum(1 for n in names if worker_slot_for(n, args.workers) == slot) for slot in range(args.workers)]
+    broker = EmbeddedBroker(data_dir=work / "broker")
+    broker.start()
+    try:
+        topic = "bench_cpu"
+        produce_files(broker.bootstrap, topic, files)
+        print(f"CPUs: {os.cpu_count()}  files: {args.files} ({args.names} names, omsd slots get {split}: "
+              f"speed-up bound {args.files / max(split):.2f}x)  iterations per file: {ITERATIONS}  work: {work}")
+        ratios = []
+        for repeat in range(args.repeat):
+            here = work / f"run{repeat}"
+            here.mkdir()
+            ini, yaml = write_configs(here, broker.bootstrap, topic, args.workers, f"bench-cpu-{repeat}")
+            results = [
+                time_reader("omsd", [sys.executable, "-m", "omsd.cli", "run", "--config", str(yaml)],
+                            here / "omsd.jsonl", args.files, here / "omsd.log", args.timeout, stop_omsd),
+                time_reader("openmsistream", [sys.executable, str(Path(__file__).resolve()), "_oms", str(ini),
+                                              topic, str(here / "oms-out"), str(args.workers)],
+                            here / "oms.jsonl", args.files, here / "oms.log", args.timeout, stop_openmsistream),
+            ]
+            ratios.append(report(results, args.workers))
+    finally:
+        broker.stop()
+    ratio = statistics.median(ratios)
+    if len(ratios) > 1:
+        print(f"\nmedian of {len(ratios)} runs: {ratio:.2f}x  (runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    return ratio
+
+
+def report(results: list[dict], workers: int) -> float:
+    print(f"\n{'reader':54} {'span s':>7} {'launch→done s':>14} {'call wall/CPU s':>16}  files per worker")
+    labels = {"omsd": f"omsd (workers: {workers})",
+              "openmsistream": f"OpenMSIStream DataFileStreamProcessor (--n_threads {workers})"}
+    for r in results:
+        print(f"{labels[r['reader']]:54} {r['span_s']:7.2f} {r['launch_to_done_s']:14.2f} "
+              f"{r['call_wall_s']:8.2f}/{r['call_cpu_s']:.2f}  {sorted(r['per_worker'].values(), reverse=True)}")
+    ratio = results[1]["span_s"] / results[0]["span_s"]
+    print(f"omsd is {ratio:.2f}x faster on this CPU-bound step (target >= 1.6x on 2 cores)", flush=True)
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_oms"]:
+        config, topic, output_dir, threads = argv[1:5]
+        run_openmsistream(config, topic, output_dir, int(threads))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=12, help="number of files (default 12)")
+    parser.add_argument("--workers", type=int, default=2, help="omsd workers and OpenMSIStream threads (2)")
+    parser.add_argument("--names", choices=("natural", "balanced"), default="natural",
+                        help="file names: natural (default) or chosen to split evenly over omsd's workers")
+    parser.add_argument("--iterations", type=int, default=None, help="loop iterations per file")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the two readers N times; median ratio")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    if args.iterations:
+        global ITERATIONS
+        ITERATIONS = args.iterations
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

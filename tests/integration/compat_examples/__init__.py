@@ -1,0 +1,1 @@
+"""OpenMSIStream-style programs written as in OpenMSIStream's documentation; only the import lines differ."""
