@@ -14,6 +14,7 @@ import structlog
 from omsd import exitcodes
 from omsd.config import Config, ConfigError, PipelineConfig, load_config
 from omsd.logging import configure_logging
+from omsd.malloc import tune_malloc
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,7 @@ def serve(config: Config) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
     from omsd.supervisor import Supervisor
 
+    tune_malloc()
     try:
         lock_fd = lock_state_dir(config.state_dir)
     except StateDirLocked as exc:

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 import msgpack
 
 from omsd.paths import UnsafePathError, safe_relative_path
+from omsd.unpack import parse_fields
 
 HASH_LEN = 64  # sha512 digest size
 DEFAULT_CHUNK_SIZE = 524288
@@ -49,7 +50,7 @@ class Chunk:
     n_total_chunks: int
     subdir_str: str
     filename_append: str
-    data: bytes
+    data: bytes | memoryview  # a view into the message value when decoded
     file_mtime: float | None
 
     @property
@@ -143,10 +144,12 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
     """
     if not value:
         raise ProtocolError("empty", "message value is empty or missing")
-    try:
-        fields = msgpack.unpackb(value, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises many types for garbage
-        raise ProtocolError("undecodable", f"not a msgpack value ({type(exc).__name__})") from exc
+    fields = parse_fields(value)  # zero-copy for the usual layout
+    if fields is None:
+        try:
+            fields = msgpack.unpackb(value, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises many types for garbage
+            raise ProtocolError("undecodable", f"not a msgpack value ({type(exc).__name__})") from exc
     if not isinstance(fields, (list, tuple)):
         raise ProtocolError("bad_shape", f"expected a msgpack array, got {type(fields).__name__}")
     if len(fields) not in (9, 10):
@@ -161,7 +164,7 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
     subdir_str = _as_str(fields[6], "subdir_str")
     filename_append = _as_str(fields[7], "filename_append")
     data = fields[8]
-    if not isinstance(data, bytes):
+    if not isinstance(data, (bytes, memoryview)):
         raise ProtocolError("bad_field", f"data must be bytes, got {type(data).__name__}")
     file_mtime: float | None = None
     if len(fields) == 10:

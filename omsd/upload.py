@@ -21,14 +21,13 @@ from omsd import exitcodes
 from omsd.config import ConfigError, load_config
 from omsd.kafka import producer_config
 from omsd.logging import configure_logging
+from omsd.malloc import tune_malloc
 from omsd.protocol import DEFAULT_CHUNK_SIZE
+from omsd.uploader import (
+    DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, UploadError, collect_files, open_producer,
+)
 
 log = structlog.get_logger(__name__)
-
-# Files up to this size are read once and kept in memory until sent; larger
-from omsd.uploader import (
-    DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, UploadError, collect_files, open_producer, tune_malloc,
-)
 
 
 def add_upload_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,13 +9,11 @@ unless the file-affine partitioning is turned off.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -314,24 +312,6 @@ class Uploader:
                 after = os.fstat(fh.fileno())
                 if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                     raise OSError(0, f"{entry.path} changed while it was being read")
-
-
-def tune_malloc() -> None:
-    """Let glibc keep freed chunk-sized buffers in the heap instead of mmap/munmap for each.
-
-    Every chunk allocates a few buffers of ``chunk_size`` bytes; with glibc's
-    defaults each one is a fresh mapping whose pages fault in again. Measured:
-    about 10% of the uploader's CPU time. A no-op elsewhere.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-        libc.mallopt(m_trim_threshold, 256 << 20)
-    except (OSError, AttributeError):
-        pass
 
 
 def _read_exactly(fh, n: int) -> bytes:
