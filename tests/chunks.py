@@ -39,8 +39,13 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str | None, byt
     errors: list[str] = []
     for key, value, partition in messages:
         kwargs = {"partition": partition} if partition is not None else {}
-        producer.produce(topic, key=key, value=value,
-                         on_delivery=lambda err, _m: errors.append(str(err)) if err else None, **kwargs)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value,
+                                 on_delivery=lambda err, _m: errors.append(str(err)) if err else None, **kwargs)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
         producer.poll(0)
     assert producer.flush(30) == 0
     assert not errors, errors
