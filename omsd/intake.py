@@ -52,6 +52,7 @@ class Intake:
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         self.assigned: set[tuple[str, int]] = set()
         self.pause_reasons: set[str] = set()
+        self.throttled_since: float | None = None  # set while the supervisor holds off polling
         self.staging_full_since = 0.0
         self.rejected: Counter[str] = Counter()
         self.recent_rejections: list[dict] = []

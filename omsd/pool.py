@@ -132,6 +132,15 @@ class WorkerPool:
         """True when a worker has a message ready for us."""
         return any(s.conn is not None and s.current is not None and s.conn.poll() for s in self.slots)
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until a worker has something to say (or a worker exits), at most ``timeout``."""
+        waitables = [s.conn for s in self.slots if s.conn is not None]
+        waitables += [s.process.sentinel for s in self.slots if s.process is not None and s.process.is_alive()]
+        if waitables:
+            multiprocessing.connection.wait(waitables, timeout=timeout)
+        else:
+            time.sleep(timeout)
+
     def pending(self) -> int:
         return sum(len(s.queue) + (1 if s.current else 0) for s in self.slots)
 

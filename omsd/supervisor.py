@@ -40,6 +40,8 @@ POLL_TIMEOUT_S = 0.1
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
 LAG_EVERY_S = 15.0
+# Not polling a consumer is safe far below max.poll.interval.ms; past this, its partitions are paused.
+THROTTLE_BEFORE_PAUSE_S = 10.0
 
 
 class Supervisor:
@@ -179,13 +181,24 @@ class Supervisor:
         return False
 
     def read_chunks(self) -> None:
-        """Poll every consumer (paused ones too: polling keeps the group membership alive)."""
+        """Poll every consumer (paused ones too: polling keeps the group membership alive).
+
+        A consumer whose files are queueing up (see :meth:`_apply_backpressure`) is briefly not polled:
+        librdkafka's bounded prefetch then stops fetching by itself, without the purge and re-fetch
+        that pausing its partitions costs. The loop waits for worker reports instead.
+        """
         timeout = POLL_TIMEOUT_S / max(1, len(self.intakes))
         if self.pool.busy():
             timeout = min(timeout, 0.01)  # worker results are waiting to be handled
+        polled = False
         for intake in self.intakes:
+            if intake.throttled_since is not None and not intake.paused:
+                continue
+            polled = True
             for assembly in intake.poll(timeout):
                 self.jobs.file_complete(intake, assembly)
+        if not polled:
+            self.pool.wait(POLL_TIMEOUT_S)
 
     # -- worker reports --------------------------------------------------------------------------
     def handle_worker_events(self) -> None:
@@ -283,9 +296,15 @@ class Supervisor:
         if self.state is not DaemonState.RUNNING:
             return
         limit = max(4, 4 * len(self.pool.slots))
-        if self.pool.pending() >= limit:
-            intake.pause("workers_busy")
-        elif self.pool.pending() <= limit // 2:
+        pending = self.pool.pending()
+        now = time.monotonic()
+        if pending >= limit:
+            if intake.throttled_since is None:
+                intake.throttled_since = now  # stop polling for a moment
+            elif now - intake.throttled_since > THROTTLE_BEFORE_PAUSE_S:
+                intake.pause("workers_busy")  # a slow analysis: pause, and poll again to stay in the group
+        elif pending <= limit // 2:
+            intake.throttled_since = None
             intake.resume("workers_busy")
 
     # -- stop --------------------------------------------------------------------------------------

@@ -56,6 +56,47 @@ def test_save_writes_content_subdirs_and_mtime(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["a.dat"]  # no temp file left
 
 
+def test_save_overwrites_the_partial_copy_of_a_killed_save(tmp_path: Path) -> None:
+    """A worker killed mid-save leaves its temporary copy; saving the file again leaves only the file."""
+    content = os.urandom(50_000)
+    out = tmp_path / "out"
+    s = step("save", {"dir": str(out)})
+    first = make_datafile(tmp_path / "stage", content)
+    s.run(ctx_for(first))
+    target = out / "run1" / "scans" / "a.dat"
+    target.unlink()
+    # What the killed worker left: the deterministic temporary name of this target, half written.
+    from workers.steps.save import save_datafile
+
+    temp_name = None
+
+    class Killed(Exception):
+        pass
+
+    import workers.steps.save as save_module
+
+    real_copy = save_module.copy_range
+
+    def killed_copy(src, dst, count):
+        nonlocal temp_name
+        temp_name = sorted(p.name for p in target.parent.iterdir())
+        os.write(dst, b"half")
+        raise Killed
+
+    save_module.copy_range = killed_copy
+    try:
+        with pytest.raises(Killed):
+            save_datafile(make_datafile(tmp_path / "stage", content), out)
+    finally:
+        save_module.copy_range = real_copy
+    assert temp_name and temp_name[0].startswith(".omsd-tmp-")
+    # (a real kill -9 would not run the clean-up; recreate what it leaves)
+    (target.parent / temp_name[0]).write_bytes(b"half")
+    s.run(ctx_for(make_datafile(tmp_path / "stage", content)))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.dat"]
+    assert target.read_bytes() == content
+
+
 def test_save_from_shared_memory_staging(tmp_path: Path) -> None:
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm")

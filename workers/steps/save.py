@@ -10,8 +10,8 @@ running the step again rewrites identical content.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import secrets
 from pathlib import Path
 
 import structlog
@@ -91,11 +91,13 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(target))
-    temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    # One name per target: a copy left behind by a worker killed mid-save is overwritten (then renamed
+    # away) when the file is handed out again; a path is only ever saved by one worker at a time.
+    temp = target.parent / f"{TEMP_PREFIX}{hashlib.blake2b(target.name.encode('utf-8', 'surrogateescape'), digest_size=8).hexdigest()}"
     source = datafile.full_filepath if datafile.full_filepath is not None else datafile.staged_path
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             copy_range(src, dst, datafile.size)
             os.ftruncate(dst, datafile.size)
