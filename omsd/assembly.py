@@ -33,6 +33,11 @@ class FileAssembly:
     first_seen: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     partitions: set[TopicPartition] = field(default_factory=set)
+    # Set when the whole-file hash failed and bad chunks are being replaced: chunks are then hashed on
+    # arrival, and the messages already known to be bad are skipped.
+    suspect: bool = False
+    bad_messages: set[tuple[TopicPartition, int]] = field(default_factory=set)
+    repairs: int = 0
     # chunk_i → (offset in file, length, claimed sha512, partition, message offset)
     chunk_index: dict[int, tuple[int, int, bytes, int, int]] = field(default_factory=dict)
 
@@ -112,6 +117,20 @@ class Assembler:
             self.staging.seal(assembly.staged)
             return assembly
         return None
+
+    def reopen(self, assembly: FileAssembly, bad_chunks: list[int]) -> None:
+        """Take a completed file back to replace chunks whose data did not match their hash."""
+        for chunk_i in bad_chunks:
+            entry = assembly.chunk_index.pop(chunk_i, None)
+            if entry is not None and chunk_i in assembly.received:
+                assembly.received.discard(chunk_i)
+                assembly.bytes_received -= entry[1]
+                assembly.bad_messages.add(((assembly.topic, entry[3]), entry[4]))
+        assembly.suspect = True
+        assembly.repairs += 1
+        assembly.last_seen = time.monotonic()
+        self.staging.reopen(assembly.staged)
+        self.files[assembly.key] = assembly
 
     def expired(self, max_age_s: float, now: float | None = None) -> list[FileAssembly]:
         """Remove and return files that have received nothing for ``max_age_s``."""

@@ -111,7 +111,7 @@ class Intake:
             if tp in rewound:
                 continue
             try:
-                done = self._stage(msg, tp, chunk) if isinstance(chunk, Chunk) else self.reject(chunk, tp, msg.offset())
+                done = self._stage(msg, tp, chunk) if isinstance(chunk, Chunk) else self._refuse(chunk, tp, msg.offset())
             except StagingFull as exc:
                 # Nothing is lost: re-read from this message once space returns.
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
@@ -179,13 +179,25 @@ class Intake:
         key = (tp[0], chunk.relative_path, chunk.file_hash)
         if key in self.processing:
             return None  # a late duplicate of a file the workers already have
-        if key not in self.assembler.files and self._already_finished(key, pipelines):
+        assembly = self.assembler.files.get(key)
+        if self.watermarks.seen(tp, msg.offset()) and (assembly is None or not assembly.suspect):
+            return None  # read again only for a reopened file; everything else was handled the first time
+        if assembly is None and self._already_finished(key, pipelines):
             return None
+        if assembly is not None and assembly.suspect and chunk.chunk_i not in assembly.received:
+            if (tp, msg.offset()) in assembly.bad_messages:
+                return None  # already counted when its file failed
+            verify_chunk_hash(chunk)  # a ProtocolError here is rejected below
         try:
             return self.assembler.add(tp[0], tp[1], msg.offset(), chunk)
         except ProtocolError as exc:
-            self.reject(exc, tp, msg.offset())
+            self._refuse(exc, tp, msg.offset())
             return None
+
+    def _refuse(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
+        """Reject a message on first reading; when a partition is read again, it was counted already."""
+        if not self.watermarks.seen(tp, offset):
+            self.reject(exc, tp, offset)
 
     def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
         """A message we cannot use: logged with where it is, counted, skipped."""
@@ -211,6 +223,24 @@ class Intake:
             if len(self._finished) > FINISHED_CACHE_SIZE:
                 self._finished.popitem(last=False)
         return finished
+
+    def reopen(self, assembly: FileAssembly, bad_chunks: list[int]) -> None:
+        """The file's whole-file hash failed because of ``bad_chunks``: read its partitions again from
+        its first chunk, so good copies of those chunks (if the topic has any) can complete it."""
+        self.processing.discard(assembly.key)
+        self.assembler.reopen(assembly, bad_chunks)
+        for (topic, partition), offset in self.watermarks.held(assembly.id).items():
+            if (topic, partition) in self.assigned:
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                except Exception as exc:  # noqa: BLE001 - the file then expires like any incomplete one
+                    log.warning("could not re-read a partition", topic=topic, partition=partition, error=str(exc))
+        log.warning("file reopened to replace corrupt chunks", group=self.group_id, path=assembly.relative_path,
+                    chunks=bad_chunks)
+
+    def forget_processing(self, key: FileKey) -> None:
+        """A file left the workers without a final outcome (it may be delivered again)."""
+        self.processing.discard(key)
 
     def mark_finished(self, key: FileKey) -> None:
         """The file's outcome is recorded: later copies of its chunks are skipped."""

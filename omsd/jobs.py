@@ -29,6 +29,7 @@ from omsd.stats import Stats
 
 log = structlog.get_logger(__name__)
 
+MAX_REPAIRS = 3  # times a file is reopened to replace corrupt chunks before it is declared corrupt
 Produce = Callable[[str, str, bytes, Callable | None], None]
 
 
@@ -183,11 +184,34 @@ class FileJobs:
                       if p.name in job.step_failures or not result["pipelines"].get(p.name)}
             self._record_pipelines(job, errors)
             self._finish(job, "failed" if errors else "done", "; ".join(errors.values()) or None, keep=bool(errors))
+        elif result.get("status") == "hash_mismatch":
+            self._corrupt(job, result)
         else:
             error = result.get("error") or result.get("status")
-            self._report_bad_chunks(job, result.get("bad_chunks") or [])
             self._record_pipelines(job, {p.name: error for p in job.pipelines})
-            self._finish(job, "failed", error, keep=result.get("status") != "hash_mismatch")
+            self._finish(job, "failed", error, keep=True)
+
+    def _corrupt(self, job: FileJob, result: dict) -> None:
+        """The assembled bytes do not match the whole-file sha512.
+
+        Chunks whose data does not match their own hash are rejected (named by topic, partition and
+        offset) and the file is reopened so that good copies of them can still complete it. Otherwise
+        the file is recorded as corrupt, without pipeline outcomes: the same file sent again is
+        processed, and nothing of the corrupt one is saved.
+        """
+        bad = result.get("bad_chunks") or []
+        self._report_bad_chunks(job, bad)
+        assembly, intake = job.assembly, job.intake
+        if bad and assembly is not None and intake is not None and assembly.repairs < MAX_REPAIRS:
+            intake.reopen(assembly, bad)
+            return
+        error = result.get("error") or "whole-file sha512 mismatch"
+        self.registry.set_status(job.record_id, "corrupt", error)
+        self.stats.file_failed()
+        log.error("file corrupt", path=job.relative_path, topic=job.topic, error=error)
+        if assembly is not None and intake is not None:
+            intake.assembler.discard(assembly)
+            intake.forget_processing(assembly.key)
 
     def _report_bad_chunks(self, job: FileJob, bad: list[int]) -> None:
         """Name the messages whose data did not match their chunk hash: logged and counted as rejections."""

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS files (
     generation  INTEGER NOT NULL,
     sha512      TEXT NOT NULL,
     size        INTEGER,
-    status      TEXT NOT NULL,          -- processing | done | failed | expired
+    status      TEXT NOT NULL,          -- processing | done | failed | expired | corrupt
     error       TEXT,
     kept_path   TEXT,                   -- bytes kept for a retry of a failed file
     created     REAL NOT NULL,
@@ -152,7 +152,7 @@ class Registry:
         return record
 
     def failed(self) -> list[dict]:
-        """Files with a failed pipeline, with the failing step's error."""
+        """Files with a failed pipeline (with the failing step's error), and corrupt files."""
         rows = self.db.execute(
             "SELECT f.id, f.topic, f.rel_path, f.generation, o.pipeline, o.error, f.kept_path, "
             "(SELECT kind || '#' || step_index FROM steps s WHERE s.file_id=f.id AND s.pipeline=o.pipeline "
@@ -160,8 +160,13 @@ class Registry:
             "(SELECT attempts FROM steps s WHERE s.file_id=f.id AND s.pipeline=o.pipeline AND s.status='failed' LIMIT 1), "
             "o.updated "
             "FROM files f JOIN pipeline_outcomes o ON o.file_id=f.id WHERE o.status='failed' ORDER BY f.updated")
-        return [{"file_id": r[0], "topic": r[1], "path": r[2], "generation": r[3], "pipeline": r[4], "error": r[5],
-                 "kept": r[6] is not None, "step": r[7], "attempts": r[8], "updated": r[9]} for r in rows]
+        out = [{"file_id": r[0], "topic": r[1], "path": r[2], "generation": r[3], "pipeline": r[4], "error": r[5],
+                "kept": r[6] is not None, "step": r[7], "attempts": r[8], "updated": r[9]} for r in rows]
+        corrupt = self.db.execute("SELECT id, topic, rel_path, generation, error, updated FROM files "
+                                  "WHERE status='corrupt' ORDER BY updated")
+        out += [{"file_id": r[0], "topic": r[1], "path": r[2], "generation": r[3], "pipeline": None,
+                 "error": r[4], "kept": False, "step": None, "attempts": None, "updated": r[5]} for r in corrupt]
+        return out
 
     def clear_failure(self, file_id: int, pipeline: str) -> None:
         """Forget a pipeline's failure so it runs again (its finished steps stay done)."""

@@ -124,6 +124,11 @@ class Staging:
         os.close(staged.fd)
         staged.fd = -1
 
+    def reopen(self, staged: StagedFile) -> None:
+        """A sealed file needs more chunks after all (a corrupt one is being replaced)."""
+        if staged.fd < 0:
+            staged.fd = os.open(staged.path, os.O_RDWR | os.O_CLOEXEC)
+
     def keep(self, staged: StagedFile, destination: Path) -> None:
         """Copy a staged file's bytes to ``destination`` (e.g. to retry a failed file later)."""
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ class Supervisor:
         self.log_handler = LogTopicHandler(cfg.log.level).install() if cfg.log else None
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
         self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
-        self.retry_schedule = HeartbeatSchedule(RETRY_SCAN_EVERY_S)
+        self.retry_schedule = HeartbeatSchedule(min(RETRY_SCAN_EVERY_S, max(1.0, cfg.retry_failed_after_secs)))
         self.lag_schedule = HeartbeatSchedule(LAG_EVERY_S) if cfg.metrics_port is not None else None
         self.state = DaemonState.RUNNING
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
@@ -236,11 +236,19 @@ class Supervisor:
         now = time.monotonic()
         for intake in self.intakes:
             for assembly in intake.assembler.expired(self.config.staging.expire_incomplete_secs, now):
+                received = f"{len(assembly.received)}/{assembly.n_total} chunks"
+                if assembly.suspect:  # reopened to replace corrupt chunks, and no good copy came
+                    log.error("corrupt file expired without good copies of its bad chunks",
+                              path=assembly.relative_path, topic=assembly.topic, chunks_received=received)
+                    self.registry.record_rejected_file(assembly.topic, assembly.relative_path,
+                                                       assembly.chunk.file_hash.hex(), "corrupt",
+                                                       f"chunks failed their hashes; no good copies ({received})")
+                    self.stats.file_failed()
+                    continue
                 log.warning("incomplete file expired", path=assembly.relative_path, topic=assembly.topic,
-                            chunks_received=len(assembly.received), chunks_total=assembly.n_total)
+                            chunks_received=received)
                 self.registry.record_rejected_file(assembly.topic, assembly.relative_path,
-                                                   assembly.chunk.file_hash.hex(), "expired",
-                                                   f"{len(assembly.received)}/{assembly.n_total} chunks")
+                                                   assembly.chunk.file_hash.hex(), "expired", received)
             self._apply_backpressure(intake)
             intake.commit()
         if self.lag_schedule is not None and any(i.assigned for i in self.intakes) and self.lag_schedule.due(now):

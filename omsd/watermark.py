@@ -28,6 +28,10 @@ class Watermarks:
         if offset + 1 > self._next.get(tp, -1):
             self._next[tp] = offset + 1
 
+    def seen(self, tp: TopicPartition, offset: int) -> bool:
+        """True when ``offset`` was read before (the partition is being read again after a seek)."""
+        return offset < self._next.get(tp, -1)
+
     def hold(self, tp: TopicPartition, holder: int, offset: int) -> None:
         """``holder`` (a file) needs ``offset`` on ``tp`` until it is released."""
         holds = self._holds[tp]
@@ -39,6 +43,10 @@ class Watermarks:
         """The file's outcome is durably recorded: it no longer needs its offsets."""
         for tp in self._holder_tps.pop(holder, ()):
             self._holds[tp].pop(holder, None)
+
+    def held(self, holder: int) -> dict[TopicPartition, int]:
+        """The offsets ``holder`` still needs, per partition."""
+        return {tp: self._holds[tp][holder] for tp in self._holder_tps.get(holder, ()) if holder in self._holds[tp]}
 
     def safe(self, tp: TopicPartition) -> int | None:
         """The offset that is safe to commit on ``tp`` (None if nothing was read there)."""

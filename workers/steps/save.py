@@ -110,7 +110,7 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     except BaseException:
         try:
             os.unlink(temp)
-        except FileNotFoundError:
+        except OSError:  # e.g. never created, or a read-only file system: the original error matters
             pass
         raise
     finally:

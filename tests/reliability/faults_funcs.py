@@ -1,0 +1,22 @@
+"""Step functions for the reliability suites (imported inside worker processes: stdlib only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+def record(datafile) -> None:
+    """Append ``path<TAB>sha512<TAB>pid`` to $OMSD_FAULTS_RECORD: how often, and on what bytes, a step ran."""
+    digest = hashlib.sha512(bytes(datafile.bytestring)).hexdigest()
+    with open(os.environ["OMSD_FAULTS_RECORD"], "a", encoding="utf-8") as out:
+        out.write(f"{datafile.relative_filepath}\t{digest}\t{os.getpid()}\n")
+
+
+def recorded(path: os.PathLike[str] | str) -> list[tuple[str, str]]:
+    """(relative path, sha512 hex) of every run that :func:`record` saw, in order."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [tuple(line.rstrip("\n").split("\t")[:2]) for line in handle if line.strip()]  # type: ignore[misc]
+    except FileNotFoundError:
+        return []
