@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench clean
+.PHONY: run test bench reliability-long soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Release checks, not in CI: the long forms of the reliability suites, and an hour of uploads and kills.
+reliability-long: $(STAMP)
+	OMSD_SLOW=1 $(PY) -m pytest -q -m slow tests/reliability
+
+soak: $(STAMP)
+	$(PY) -m tests.reliability.soak --minutes 60
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

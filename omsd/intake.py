@@ -72,8 +72,11 @@ class Intake:
         tps = {(p.topic, p.partition) for p in partitions}
         self.assigned |= tps
         log.info("partitions assigned", group=self.group_id, partitions=sorted(tps))
+        # librdkafka keeps a partition's pause flag across revoke and re-assignment: set it explicitly.
         if self.paused:
             self.consumer.pause(partitions)
+        else:
+            self.consumer.resume(partitions)
 
     def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}

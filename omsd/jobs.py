@@ -154,6 +154,12 @@ class FileJobs:
             job.result = message
             self._try_finish(task_id)
 
+    def refresh(self, task: Task) -> None:
+        """Bring a task's list of finished steps up to date before it is handed out again."""
+        job = self.jobs.get(task.task_id)
+        if job is not None:
+            task.payload["done"] = self.registry.done_steps(job.record_id)
+
     def on_poison(self, task: Task) -> None:
         """The file killed its worker too often: failed, bytes kept for an operator's retry."""
         job = self.jobs.pop(task.task_id, None)

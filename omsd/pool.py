@@ -119,7 +119,9 @@ class WorkerPool:
                 slot.process.kill()
                 slot.process.join()
             slot.state = ProcessState.STOPPED
-            slot.conn.close()
+            if slot.conn is not None:
+                slot.conn.close()
+                slot.conn = None
 
     # -- work ------------------------------------------------------------------------------------
     def slot_for(self, relative_path: str) -> Slot:

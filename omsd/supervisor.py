@@ -58,6 +58,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.broker_down_since: float | None = None
         self.stop_deadline: float | None = None
+        self.drain_timed_out = False
         self.ready_sent = False
         interval = watchdog_interval()
         self.watchdog_every = interval / 2 if interval else 1.0
@@ -177,6 +178,7 @@ class Supervisor:
             return True
         if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
             log.warning("graceful stop timed out; in-flight files will be read again on restart")
+            self.drain_timed_out = True
             return True
         return False
 
@@ -224,6 +226,10 @@ class Supervisor:
     def manage_workers(self) -> None:
         for task in self.pool.reap():
             self.jobs.on_poison(task)
+        for slot in self.pool.slots:
+            for task in slot.queue:
+                if task.deaths:  # handed out again after a worker died: skip the steps it finished
+                    self.jobs.refresh(task)
         restarts = [slot.restarts for slot in self.pool.slots]
         self.pool.manage()
         for slot, before in zip(self.pool.slots, restarts):
@@ -296,7 +302,7 @@ class Supervisor:
             self.handle_worker_events()
             self.manage_workers()
             time.sleep(0.01)
-        if self.jobs.holding(intake, tps):
+        if self.jobs.holding(intake, tps) and self.state is not DaemonState.STOPPING:
             log.warning("partitions revoked while files were still being processed; the new owner will "
                         "process them again", group=intake.group_id, partitions=sorted(tps))
 
@@ -341,7 +347,8 @@ class Supervisor:
             if left:
                 log.warning("messages not delivered at stop", count=left)
         if hasattr(self, "pool"):
-            self.pool.stop(timeout=5)
+            # After a timed-out drain the busy workers are stopped at once: their files were handed back.
+            self.pool.stop(timeout=0.5 if self.drain_timed_out else 5)
         for intake in getattr(self, "intakes", []):
             intake.assembler.discard_all()
         if hasattr(self, "jobs"):

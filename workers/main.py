@@ -87,10 +87,28 @@ def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
             "duration_s": time.monotonic() - started}
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the supervisor dies, so an orphan never goes on with a handed-back file."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before we got here
+        os._exit(EXIT_BOOT_FAILURE)
+
+
 def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | None) -> None:
     """The worker's loop: one task at a time until told to stop or the supervisor goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor; it stops us in order
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The supervisor blocks these while it spawns us; the mask is inherited, so lift it here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _die_with_parent()
     from omsd.logging import configure_logging
 
     configure_logging(json=log_json, process="worker", slot=slot)

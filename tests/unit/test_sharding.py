@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 from collections import Counter
 
 import pytest
@@ -16,10 +15,16 @@ from omsd.sharding import shard_for, stable_hash
 PATHS = [f"run{i % 7}/sample_{i:04d}/scan {i}.dat" for i in range(1000)] + ["", "数据/ünï.h5", "a", "a/b"]
 
 
-def test_stable_hash_is_crc32_of_utf8() -> None:
-    assert stable_hash("a/b.dat") == zlib.crc32(b"a/b.dat")
-    assert stable_hash("数据.h5") == zlib.crc32("数据.h5".encode())
-    assert 0 <= stable_hash("x" * 10_000) < 2**32
+def test_stable_hash_is_blake2b_of_utf8() -> None:
+    import hashlib
+
+    assert stable_hash("a/b.dat") == int.from_bytes(hashlib.blake2b(b"a/b.dat", digest_size=8).digest(), "big")
+    assert stable_hash("数据.h5") == int.from_bytes(hashlib.blake2b("数据.h5".encode(), digest_size=8).digest(), "big")
+
+
+def test_sequential_names_reach_every_partition() -> None:
+    assert {shard_for(f"scan_{i:03d}.dat", 4) for i in range(16)} == {0, 1, 2, 3}
+    assert 0 <= stable_hash("x" * 10_000) < 2**64
 
 
 def test_stable_hash_does_not_crash_on_surrogates() -> None:

@@ -1,0 +1,278 @@
+"""Scale-out and rebalance: daemons joining and leaving one consumer group while `omsd upload` feeds it.
+
+Round 1 (graceful): daemon A consumes alone, B joins mid-stream, A is
+stopped with SIGTERM mid-stream. Round 2: B is killed with kill -9
+mid-stream and a fresh daemon C takes over. Each daemon has its own state and
+output directories; the ``record`` step of all of them appends to one shared
+file, one line per run, labelled with the daemon.
+
+Asserted: every file saved by some daemon with identical content; both
+daemons of each round did work; no daemon ran a file twice; a file run by two
+daemons was run first by the one that gave its partition up (A before B,
+B before C), i.e. only across a handover.
+
+Exactly once across a graceful handover is not asserted here, because it does
+not hold (each daemon's registry is its own and a partition has one committed
+offset): ``test_graceful_handover_does_not_repeat_finished_files`` shows it
+deterministically.
+
+The stream is kept below the daemons' backpressure threshold (4 files per
+batch, workers faster than the feed, no backlog when a daemon joins, C
+started once B has left the group), because a daemon whose intake is paused
+when its partitions are revoked never fetches them again:
+``test_rebalance_while_paused_keeps_consuming``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from omsd.sharding import shard_for
+from tests.chunks import chunk_messages, produce, produce_files, wait_for
+from tests.conftest import client_props
+from tests.reliability.conftest import Daemon, make_files, slow_only, upload, uploader_config
+from tests.reliability.funcs import read_lines
+
+STEPS = """      - save: {{dir: {out}}}
+      - call: {{function: tests.reliability.funcs:record}}
+      - call: {{function: tests.reliability.funcs:slow}}
+"""
+SESSION_TIMEOUT_S = EMBEDDED_SESSION_TIMEOUT_MS / 1000
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+        future.result(30)
+
+
+def names_per_partition(prefix: str, partitions: int, each: int) -> list[str]:
+    """File names of which ``each`` land on every partition under `omsd upload`'s file-affine partitioning."""
+    names: list[str] = []
+    for partition in range(partitions):
+        names += [n for n in (f"{prefix}{i:03d}.dat" for i in range(1000))
+                  if shard_for(n, partitions) == partition][:each]
+    return names
+
+
+def paused_at_revoke(log: Path) -> bool:
+    """Whether the daemon's intake was paused (workers_busy) when its partitions were first revoked."""
+    paused = False
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "intake paused":
+            paused = True
+        elif event.get("event") == "intake resumed":
+            paused = False
+        elif event.get("event") == "partitions revoked":
+            return paused
+    return False
+
+
+class Feed(threading.Thread):
+    """`omsd upload` of one batch directory after the other, while the test moves daemons around."""
+
+    def __init__(self, config: Path, topic: str, dirs: list[Path], gap_s: float) -> None:
+        super().__init__(daemon=True)
+        self.config, self.topic, self.dirs, self.gap_s = config, topic, dirs, gap_s
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for directory in self.dirs:
+                upload(self.config, self.topic, directory, chunk_size=1 << 16)
+                self.sent += 1
+                time.sleep(self.gap_s)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            self.error = exc
+
+
+def labelled(record: Path) -> list[tuple[str, str]]:
+    return [(fields[0], fields[1]) for fields in read_lines(record)]
+
+
+def by(record: Path, label: str) -> set[str]:
+    return {path for path, who in labelled(record) if who == label}
+
+
+def union_saved(*group: Daemon) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for daemon in group:
+        out.update(daemon.saved())
+    return out
+
+
+@pytest.mark.parametrize("batches", [pytest.param(6, id="ci"), pytest.param(40, id="long", marks=slow_only)])
+def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batches) -> None:
+    topic = f"group-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "record.txt"
+    env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "0.5"}
+
+    def daemon(label: str) -> Daemon:
+        made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=2,
+                      group=f"shared-{topic}", extra="shutdown_timeout_secs: 30\n", env=env)
+        daemons.append(made)
+        return made
+
+    first_dirs = [tmp_path / "src" / f"r1-{i}" for i in range(batches)]
+    second_dirs = [tmp_path / "src" / f"r2-{i}" for i in range(batches)]
+    files: dict[str, bytes] = {}
+    for i, directory in enumerate(first_dirs + second_dirs):
+        files.update(make_files(directory, 4, 1_000, 300_000, seed=700 + i, prefix=f"b{i}-"))
+    round1 = {rel for d in first_dirs for rel in (p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())}
+    assert len(round1) == len(files) // 2
+    upload_cfg = uploader_config(tmp_path / "upload.yaml", broker.bootstrap)
+    create_topic(broker.bootstrap, topic, partitions=4)
+
+    # -- round 1: A alone, B joins mid-stream, A stops mid-stream ---------------------------------------
+    a, b = daemon("a").start(), daemon("b")
+    a.wait_assigned(30, at_least=4)
+    feed = Feed(upload_cfg, topic, first_dirs, gap_s=1.0)
+    feed.start()
+    wait_for(lambda: len(by(record, "a")) >= 6, 60, "A working", a.proc, a.log)
+    b.start()
+    wait_for(lambda: b.assigned() >= 1 and a.assigned() < 4, 60, "B joined the group", b.proc, b.log)
+    wait_for(lambda: len(by(record, "b")) >= 3 and a.busy_workers(), 60, "B working while A is busy", b.proc,
+             b.log)
+    assert feed.is_alive() or feed.sent < len(feed.dirs), "the stream was over before A stopped"
+    assert a.stop(signal.SIGTERM, timeout=60) == 0, a.tail()
+    feed.join(120)
+    assert feed.error is None, feed.error
+    wait_for(lambda: set(union_saved(a, b)) >= round1, 60, "round 1 saved", b.proc, b.log)
+    assert by(record, "a") and by(record, "b"), "both daemons did work"
+
+    # -- round 2: B is killed -9 mid-stream, a fresh C takes over ----------------------------------------
+    feed = Feed(upload_cfg, topic, second_dirs, gap_s=1.0)
+    feed.start()
+    b_before = len(by(record, "b"))
+    wait_for(lambda: len(by(record, "b")) >= b_before + 4 and b.busy_workers(), 60, "B working on round 2",
+             b.proc, b.log)
+    b.kill()
+    time.sleep(SESSION_TIMEOUT_S + 1)  # B has left the group: C's join is the only rebalance (see the docstring)
+    c = daemon("c").start()
+    feed.join(120)
+    assert feed.error is None, feed.error
+    wait_for(lambda: union_saved(a, b, c) == files and set(files) <= {p for p, _ in labelled(record)}, 90,
+             "every file saved", c.proc, c.log)
+    assert c.stop() == 0
+    b.reap_orphans()
+
+    assert union_saved(a, b, c) == files
+    assert by(record, "c"), "the fresh daemon did work"
+    runs: dict[str, list[str]] = {}
+    for path, who in labelled(record):  # in the order the runs happened (one O_APPEND write each)
+        runs.setdefault(path, []).append(who)
+    handover_order = ["a", "b", "c"]
+    for path, labels in runs.items():
+        assert len(set(labels)) == len(labels), f"{path} ran twice in one daemon: {labels}"
+        assert labels == sorted(labels, key=handover_order.index), f"{path} ran out of handover order: {labels}"
+
+
+def test_rebalance_while_paused_keeps_consuming(broker, tmp_path, daemons) -> None:
+    topic = f"paused-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "record.txt"
+    # Slow enough that the backlog outlasts the short throttle before the daemon pauses its partitions.
+    env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "1.0"}
+
+    def daemon(label: str) -> Daemon:
+        made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=1,
+                      group=f"shared-{topic}", extra="shutdown_timeout_secs: 60\n", env=env)
+        daemons.append(made)
+        return made
+
+    create_topic(broker.bootstrap, topic, partitions=4)
+    backlog = {f"backlog/f{i:02d}.dat": bytes([i]) * (10_000 + i) for i in range(16)}
+    produce_files(broker.bootstrap, topic, backlog)
+    a = daemon("a").start()
+
+    def a_paused() -> bool:
+        status = a.status()
+        return bool(status and any("workers_busy" in p["pause_reasons"] for p in status["partitions"]))
+
+    wait_for(a_paused, 45, "A paused by its backlog", a.proc, a.log)
+    b = daemon("b").start()
+    wait_for(lambda: a.assigned() >= 1 and b.assigned() >= 1 and a.assigned() + b.assigned() == 4, 60,
+             "the group rebalanced while A was paused", b.proc, b.log)
+    if not paused_at_revoke(a.log):
+        raise RuntimeError("A was not paused when its partitions were revoked: the case under test did not happen")
+    later = {name: bytes([100 + i]) * (10_000 + i) for i, name in enumerate(names_per_partition("later/g", 4, 2))}
+    produce_files(broker.bootstrap, topic, later)
+    want = {**backlog, **later}
+    wait_for(lambda: union_saved(a, b) == want, 60, "every file saved by A or B", a.proc, a.log)
+    assert a.stop() == 0
+    assert b.stop() == 0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a partition has one committed offset and each daemon its own registry: a daemon stopped gracefully while a "
+    "file is partly read commits below it, so the next owner of the partition runs again every file finished "
+    "above that offset (omsd.watermark.Watermarks / omsd.intake.Intake.commit)"))
+def test_graceful_handover_does_not_repeat_finished_files(broker, tmp_path, daemons) -> None:
+    topic = f"handover-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "record.txt"
+    env = {"OMSD_TEST_RECORD": str(record)}
+
+    def daemon(label: str) -> Daemon:
+        made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=1,
+                      group=f"shared-{topic}", env=env)
+        daemons.append(made)
+        return made
+
+    create_topic(broker.bootstrap, topic, partitions=4)
+    rng = random.Random(5)
+    big, small = rng.randbytes(4 << 16), rng.randbytes(1000)
+    big_chunks = chunk_messages("upload/big.dat", big)
+    # On one partition: the first chunk of a file still being uploaded, then a whole small file.
+    produce(broker.bootstrap, topic, [(*big_chunks[0], 0), *((k, v, 0) for k, v in chunk_messages("upload/small.dat",
+                                                                                                   small))])
+    a = daemon("a").start()
+    wait_for(lambda: a.saved() == {"upload/small.dat": small}, 30, "A saved the small file", a.proc, a.log)
+    assert a.stop(signal.SIGTERM) == 0
+    produce(broker.bootstrap, topic, [(k, v, 0) for k, v in big_chunks[1:]])  # the upload goes on
+    b = daemon("b").start()
+    wait_for(lambda: b.saved().get("upload/big.dat") == big, 30, "B saved the big file", b.proc, b.log)
+    time.sleep(1)
+    assert b.stop() == 0
+    assert labelled(record).count(("upload/big.dat", "b")) == 1
+    assert [who for path, who in labelled(record) if path == "upload/small.dat"] == ["a"], labelled(record)
+
+
+def test_a_burst_of_sequentially_named_files_reaches_every_partition(broker, tmp_path) -> None:
+    topic = f"names-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, partitions=4)
+    src = tmp_path / "src"
+    (src / "run").mkdir(parents=True)
+    for i in range(16):
+        (src / "run" / f"scan_{i:03d}.dat").write_bytes(b"x" * (100 + i))
+    upload(uploader_config(tmp_path / "upload.yaml", broker.bootstrap), topic, src)
+    consumer = Consumer({**client_props(broker.bootstrap), "group.id": f"names-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    partitions: dict[str, int] = {}
+    deadline = time.monotonic() + 30
+    while len(partitions) < 16 and time.monotonic() < deadline:
+        for msg in consumer.consume(100, 0.5):
+            if msg.error() is None:
+                partitions[msg.key().decode()] = msg.partition()
+    consumer.close()
+    if len(partitions) < 16:
+        raise RuntimeError(f"only {len(partitions)} of 16 files read back")
+    spread = Counter(partitions.values())
+    # Any well-mixed hash puts 16 files on at least 3 of 4 partitions (on 2 or fewer: p < 1e-4).
+    assert len(spread) >= 3, f"16 files over {dict(spread)}"
