@@ -18,7 +18,7 @@ import structlog
 from confluent_kafka import Producer
 
 from omsd import exitcodes
-from omsd.config import ConfigError, load_config
+from omsd.config import Config, ConfigError, load_config
 from omsd.kafka import producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
@@ -137,13 +137,22 @@ def upload_command(args: argparse.Namespace) -> int:
             total_bytes += entry.path.stat().st_size
         except OSError:
             pass
+    connected = connect(config, args)
+    if connected is None:
+        return exitcodes.RET_ERROR
+    producer, partitions = connected
+    return _upload_files(producer, partitions, entries, total_bytes, args)
+
+
+def connect(config: Config, args: argparse.Namespace) -> tuple[Producer, int | None] | None:
+    """The producer and the topic's partition count, or None after printing why the broker is unusable."""
     try:
         producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
                                                 connect_timeout=args.connect_timeout)
     except UploadError as exc:
         print_error(str(exc))
-        return exitcodes.RET_ERROR
-    return _upload_files(producer, partitions, entries, total_bytes, args)
+        return None
+    return producer, partitions
 
 
 def _upload_files(producer: Producer, partitions: int | None, entries: list[FileEntry], total_bytes: int,

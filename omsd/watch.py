@@ -35,8 +35,8 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
-from omsd.upload import print_error
-from omsd.uploader import FileEntry, FileJob, Uploader, UploadError, open_producer, walk_directory
+from omsd.upload import connect, print_error
+from omsd.uploader import FileEntry, FileJob, Uploader, UploadError, walk_directory
 
 log = structlog.get_logger(__name__)
 
@@ -254,12 +254,10 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
     """Run ``omsd upload --watch DIR`` until SIGTERM/SIGINT."""
     root = args.paths[0].resolve()
     state_path = args.state or default_state_path(config, root, args.topic)
-    try:
-        producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
-                                                connect_timeout=args.connect_timeout)
-    except UploadError as exc:
-        print_error(str(exc))
+    connected = connect(config, args)
+    if connected is None:
         return exitcodes.RET_ERROR
+    producer, partitions = connected
     try:
         state = UploadState(Path(state_path))
     except (OSError, sqlite3.Error) as exc:

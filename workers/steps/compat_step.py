@@ -36,8 +36,8 @@ from workers.steps.base import (
     load_function,
     parse_function_spec,
 )
-from workers.steps.reproduce import MODES, encode_result
-from workers.steps.save import save_datafile, target_path
+from workers.steps.reproduce import MODES, encode_result, ensure_on_disk
+from workers.steps.save import target_path
 
 KINDS = ("processor", "reproducer", "metadata")
 
@@ -162,10 +162,7 @@ class OpenMSIStreamStep(Step):
 
     def run(self, ctx: StepContext) -> list[OutboundMessage]:
         datafile = ctx.datafile
-        if self.saves_file:
-            save_datafile(datafile, self.root)
-        elif self.options["mode"] != "memory" and datafile.full_filepath is None:
-            raise StepFailed("the file has not been saved by an earlier step")
+        ensure_on_disk(self, datafile)
         handler = self.handler
         name = type(handler).__name__
         if (self.handler_kind or compat.handler_kind(type(handler))) == "processor":

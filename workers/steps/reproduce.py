@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from workers.datafile import DataFile
 from workers.steps.base import (
     FunctionStep,
+    Step,
     Option,
     OutboundMessage,
     StepConfigError,
@@ -47,6 +49,14 @@ def encode_result(result: Any, spec: str) -> bytes | None:
         except (TypeError, ValueError) as exc:
             raise StepFailed(f"{spec} returned a dict that is not JSON-serialisable: {exc}") from exc
     raise StepFailed(f"{spec} returned {type(result).__name__}; expected bytes, str, dict or None")
+
+
+def ensure_on_disk(step: Step, datafile: DataFile) -> None:
+    """Modes ``disk`` and ``both``: save the file first (with ``dir``) or require an earlier save."""
+    if step.saves_file:
+        save_datafile(datafile, step.root)
+    elif step.options["mode"] != "memory" and datafile.full_filepath is None:
+        raise StepFailed("the file has not been saved by an earlier step")
 
 
 class ReproduceStep(FunctionStep):
@@ -78,10 +88,7 @@ class ReproduceStep(FunctionStep):
 
     def run(self, ctx: StepContext) -> list[OutboundMessage]:
         datafile = ctx.datafile
-        if self.saves_file:
-            save_datafile(datafile, self.root)
-        elif self.options["mode"] != "memory" and datafile.full_filepath is None:
-            raise StepFailed("the file has not been saved by an earlier step")
+        ensure_on_disk(self, datafile)
         value = encode_result(self.function(datafile), self.function_spec)
         if value is None:
             return []
