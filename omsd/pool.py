@@ -38,7 +38,6 @@ class Task:
     relative_path: str
     payload: dict  # what the worker receives
     deaths: int = 0
-    context: Any = None  # the supervisor's own bookkeeping, never sent
 
 
 @dataclass
