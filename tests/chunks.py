@@ -96,5 +96,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: sub
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file under ``root`` (relative posix path → bytes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every regular file under ``root`` (relative posix path → bytes).
+
+    A daemon may be saving while this looks: a temporary file listed here can be renamed away before
+    it is read; it is then simply not part of this snapshot.
+    """
+    out = {}
+    for path in sorted(root.rglob("*")):
+        try:
+            if path.is_file():
+                out[path.relative_to(root).as_posix()] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return out
