@@ -236,13 +236,18 @@ def _cmd_check(client: ControlClient, args: argparse.Namespace) -> int:
     return exitcodes.CHECK_HEALTHY if healthy else exitcodes.CHECK_DEGRADED
 
 
-def _cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
-    reply = _request(client, "status")
+def _show(client: ControlClient, args: argparse.Namespace, cmd: str, render: Callable[[dict], str]) -> int:
+    """Ask the daemon ``cmd`` and print the reply as JSON or rendered for a person."""
+    reply = _request(client, cmd)
     if args.json:
         _print_json(reply)
     else:
-        print(format_status(reply))
+        print(render(reply))
     return exitcodes.RET_OK
+
+
+def _cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
+    return _show(client, args, "status", format_status)
 
 
 def _process_gone(pid: int, create_time: float | None) -> bool:
@@ -304,12 +309,7 @@ def _cmd_stop(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 def _cmd_failed(client: ControlClient, args: argparse.Namespace) -> int:
-    reply = _request(client, "failed")
-    if args.json:
-        _print_json(reply)
-    else:
-        print(format_failed(reply))
-    return exitcodes.RET_OK
+    return _show(client, args, "failed", format_failed)
 
 
 def _cmd_retry(client: ControlClient, args: argparse.Namespace) -> int:
