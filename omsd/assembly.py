@@ -144,18 +144,20 @@ class Assembler:
         """Partitions were revoked: drop files with chunks from them (the new owner re-reads them)."""
         dropped = [a for a in self.files.values() if a.partitions & tps]
         for assembly in dropped:
-            self.discard(assembly)
+            self.discard(assembly, done=False)
         return dropped
 
-    def discard(self, assembly: FileAssembly) -> None:
-        """Forget a file in assembly: staging freed, watermark released."""
+    def discard(self, assembly: FileAssembly, done: bool = True) -> None:
+        """Forget a file: staging freed, offsets released — as finished (``done``: its outcome is
+        recorded) or as still needed by whoever reads its partitions next."""
         self.files.pop(assembly.key, None)
         self.staging.release(assembly.staged)
-        self.watermarks.release(assembly.id)
+        self.watermarks.release(assembly.id, done)
 
     def discard_all(self) -> None:
+        """At stop: forget every unfinished file (a restart reads it again)."""
         for assembly in list(self.files.values()):
-            self.discard(assembly)
+            self.discard(assembly, done=False)
 
 
 def _header(chunk: Chunk) -> Chunk:

@@ -26,6 +26,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g
                "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40}
 # librdkafka rejects the serializer names OpenMSIStream keeps in its INI files.
 _INI_IGNORED_KEYS = {"key.serializer", "value.serializer", "key.deserializer", "value.deserializer"}
+# Where a partition's owner tells the next one what it finished above the committed offset (omsd.handover).
+DEFAULT_HANDOVER_TOPIC = "omsd.handover"
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,7 @@ class Config:
     metrics_port: int | None = None
     shutdown_timeout_secs: float = 60.0
     retry_failed_after_secs: float = 600.0
+    handover_topic: str | None = DEFAULT_HANDOVER_TOPIC
     pipelines: list[PipelineConfig] = field(default_factory=list)
 
     def group_for(self, pipeline: PipelineConfig) -> str:
@@ -217,7 +220,7 @@ class _Reader:
 
 _TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
              "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs",
-             "retry_failed_after_secs"}
+             "retry_failed_after_secs", "handover_topic"}
 _PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
 
 
@@ -317,6 +320,7 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
             program_id=str(reader.string(heartbeat, "program_id", "omsd")),
         )
     cfg.retry_failed_after_secs = float(reader.number(data, "retry_failed_after_secs", 600.0))
+    cfg.handover_topic = reader.string(data, "handover_topic", DEFAULT_HANDOVER_TOPIC) or None
     log_node = reader.mapping(data, "log", {"topic", "interval_secs", "program_id", "level"})
     if log_node:
         level = str(reader.string(log_node, "level", "warning")).lower()

@@ -184,6 +184,14 @@ def format_status(reply: dict[str, Any]) -> str:
     if isinstance(rejected, dict):
         text = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items()))
         out += [f"Rejected messages: {text or 'none'}", ""]
+    handover = reply.get("handover")
+    if isinstance(handover, dict):
+        if handover.get("topic"):
+            state = "in use" if handover.get("available") else "unavailable (finished files may be repeated)"
+            out += [f"Handover: topic {handover['topic']} {state}; {_cell(handover.get('skipped_messages'))} "
+                    "messages skipped as finished by a partition's previous owner", ""]
+        else:
+            out += ["Handover: off (handover_topic is null)", ""]
     out += _section("Recent errors", reply.get("recent_errors"), [
         ("time", "TIME", _cell), ("message", "MESSAGE", _cell)])
     return "\n".join(out).rstrip()

@@ -1,7 +1,8 @@
 """Intake: one consumer group — reads chunk messages, assembles files, commits safe offsets.
 
 Offsets are committed only up to the watermark (see :mod:`omsd.watermark`),
-never automatically. Under backpressure the consumer pauses its partitions and
+never automatically; when a partition is given up, what was finished above
+its committed offset is handed to its next owner (see :mod:`omsd.handover`). Under backpressure the consumer pauses its partitions and
 keeps polling, so it stays in its group during a slow analysis.
 """
 
@@ -18,6 +19,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 
 from omsd.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
+from omsd.handover import HandoverLog
 from omsd.kafka import make_consumer
 from omsd.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
@@ -39,7 +41,8 @@ class Intake:
     def __init__(self, config: Config, group_id: str, pipelines: list[PipelineConfig], staging: Staging,
                  registry: Registry, on_read: Callable[[int], None],
                  on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None,
-                 before_revoke: Callable[["Intake", set[tuple[str, int]]], None] | None = None) -> None:
+                 before_revoke: Callable[["Intake", set[tuple[str, int]]], None] | None = None,
+                 handover: HandoverLog | None = None) -> None:
         self.group_id = group_id
         self.pipelines = pipelines
         self.topics = sorted({p.topic for p in pipelines})
@@ -47,6 +50,8 @@ class Intake:
         self.on_read = on_read
         self.on_reject = on_reject
         self.before_revoke = before_revoke
+        self.handover = handover
+        self.handed_over_skipped = 0  # messages the previous owner of their partition had finished
         self.consumer = make_consumer(config, group_id, **({"error_cb": on_error} if on_error else {}))
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
@@ -72,11 +77,29 @@ class Intake:
         tps = {(p.topic, p.partition) for p in partitions}
         self.assigned |= tps
         log.info("partitions assigned", group=self.group_id, partitions=sorted(tps))
+        if self.handover is not None and self.handover.ready():
+            self._inherit(partitions)
         # librdkafka keeps a partition's pause flag across revoke and re-assignment: set it explicitly.
         if self.paused:
             self.consumer.pause(partitions)
         else:
             self.consumer.resume(partitions)
+
+    def _inherit(self, partitions: list[TopicPartition]) -> None:
+        """Take over what the previous owners of these partitions finished above their committed offsets."""
+        try:
+            self.handover.catch_up()
+            committed = self.consumer.committed(partitions, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - without it, finished files are merely repeated
+            log.warning("could not read handover records", group=self.group_id, error=str(exc))
+            return
+        for part in committed:
+            tp = (part.topic, part.partition)
+            done = self.handover.lookup(self.group_id, tp, part.offset) if part.offset >= 0 else None
+            if done:
+                self.watermarks.inherit(tp, part.offset, done)
+                log.info("handover applied", group=self.group_id, topic=tp[0], partition=tp[1],
+                         committed=part.offset, finished_messages=done.count())
 
     def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
@@ -112,6 +135,10 @@ class Intake:
         rewound: set[tuple[str, int]] = set()
         for msg, tp, chunk in items:
             if tp in rewound:
+                continue
+            if self.watermarks.handed_over(tp, msg.offset()):
+                self.handed_over_skipped += 1
+                self.watermarks.consumed(tp, msg.offset())
                 continue
             try:
                 done = self._stage(msg, tp, chunk) if isinstance(chunk, Chunk) else self._refuse(chunk, tp, msg.offset())
@@ -178,6 +205,7 @@ class Intake:
     def _stage(self, msg: Message, tp: tuple[str, int], chunk: Chunk) -> FileAssembly | None:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         if not pipelines:
+            self.watermarks.finished(tp, msg.offset())
             return None  # no pipeline wants this file: committed past, never staged
         key = (tp[0], chunk.relative_path, chunk.file_hash)
         if key in self.processing:
@@ -186,6 +214,7 @@ class Intake:
         if self.watermarks.seen(tp, msg.offset()) and (assembly is None or not assembly.suspect):
             return None  # read again only for a reopened file; everything else was handled the first time
         if assembly is None and self._already_finished(key, pipelines):
+            self.watermarks.finished(tp, msg.offset())
             return None
         if assembly is not None and assembly.suspect and chunk.chunk_i not in assembly.received:
             if (tp, msg.offset()) in assembly.bad_messages:
@@ -201,6 +230,7 @@ class Intake:
         """Reject a message on first reading; when a partition is read again, it was counted already."""
         if not self.watermarks.seen(tp, offset):
             self.reject(exc, tp, offset)
+            self.watermarks.finished(tp, offset)
 
     def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
         """A message we cannot use: logged with where it is, counted, skipped."""
@@ -278,7 +308,10 @@ class Intake:
         if not force and now - self._last_commit < every_s:
             return
         self._last_commit = now
-        offsets = self.watermarks.to_commit(only if only is not None else self.assigned)
+        tps = only if only is not None else self.assigned
+        if force:
+            self._hand_over(tps)
+        offsets = self.watermarks.to_commit(tps)
         if not offsets:
             return
         try:
@@ -288,6 +321,17 @@ class Intake:
             log.warning("offset commit failed", group=self.group_id, error=str(exc))
             return
         self.watermarks.committed(offsets)
+
+    def _hand_over(self, tps: set[tuple[str, int]]) -> None:
+        """Before a final commit: publish what is finished above the offsets about to be committed."""
+        if self.handover is None or not self.handover.available:
+            return
+        progress = {tp: p for tp in tps if (p := self.watermarks.progress(tp)) is not None}
+        if progress:
+            self.handover.publish(self.group_id, progress)
+            log.info("handover published", group=self.group_id,
+                     partitions={f"{t}[{p}]": {"committed": c, "finished_messages": d.count()}
+                                 for (t, p), (c, d) in sorted(progress.items())})
 
     def lag(self, timeout: float = 0.2) -> dict[tuple[str, int], int]:
         """Messages between the committed (safe) offset and the end of each assigned partition."""

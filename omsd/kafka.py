@@ -64,6 +64,11 @@ def producer_config(config: Config, **overrides: Any) -> dict[str, Any]:
     return {**PRODUCER_DEFAULTS, **_clean(config.broker), **_clean(config.producer), **overrides}
 
 
+def admin_config(config: Config) -> dict[str, Any]:
+    """librdkafka properties for an admin client: the broker section only."""
+    return _clean(config.broker)
+
+
 def make_consumer(config: Config, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(consumer_config(config, group_id, **overrides))
 

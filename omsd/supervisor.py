@@ -21,6 +21,7 @@ from omsd import exitcodes
 from omsd.config import Config, PipelineConfig
 from omsd.control.handlers import build_handlers, health
 from omsd.control.server import ControlServer
+from omsd.handover import HandoverLog
 from omsd.heartbeat import HeartbeatSchedule, heartbeat_message
 from omsd.intake import Intake
 from omsd.jobs import FileJobs
@@ -40,6 +41,7 @@ POLL_TIMEOUT_S = 0.1
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
 LAG_EVERY_S = 15.0
+HANDOVER_OPEN_TIMEOUT_S = 5.0
 # Not polling a consumer is safe far below max.poll.interval.ms; past this, its partitions are paused.
 THROTTLE_BEFORE_PAUSE_S = 10.0
 
@@ -84,9 +86,12 @@ class Supervisor:
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
                              pipelines=cfg.pipelines)
+        self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
+        if self.handover is not None:
+            self.handover.open(timeout=HANDOVER_OPEN_TIMEOUT_S)
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
-                               before_revoke=self.finish_revoked)
+                               before_revoke=self.finish_revoked, handover=self.handover)
                         for group, pipelines in groups.items()]
         for intake in self.intakes:
             intake.subscribe()
@@ -339,6 +344,8 @@ class Supervisor:
                 intake.close()
             except Exception as exc:  # noqa: BLE001 - keep stopping whatever happens
                 log.warning("consumer close failed", group=intake.group_id, error=str(exc))
+        if getattr(self, "handover", None) is not None:
+            self.handover.close()
         if getattr(self, "log_handler", None) is not None:
             self._send_logs()
             self.log_handler.remove()

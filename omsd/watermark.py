@@ -5,11 +5,18 @@ in, the lowest offset it was read from. The safe offset of a partition is
 the lowest hold, or the next offset after the last consumed message when
 nothing holds it. Committing that offset means a restart re-reads exactly the
 chunks of files that were unfinished, and nothing before them.
+
+Above the safe offset, the offsets of messages whose handling is finished
+(files whose outcome is recorded, rejected messages, files no pipeline wants)
+are kept as ranges. Handed to the next owner of a partition (see
+:mod:`omsd.handover`), they let it skip what this daemon already did.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+from omsd.offsetranges import OffsetRanges
 
 TopicPartition = tuple[str, int]
 
@@ -22,6 +29,8 @@ class Watermarks:
         self._holds: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
         self._holder_tps: dict[int, set[TopicPartition]] = defaultdict(set)
         self._committed: dict[TopicPartition, int] = {}
+        self._offsets: dict[int, dict[TopicPartition, list[int]]] = defaultdict(dict)
+        self._done: dict[TopicPartition, OffsetRanges] = {}
 
     def consumed(self, tp: TopicPartition, offset: int) -> None:
         """A message at ``offset`` was read (whatever became of it)."""
@@ -38,11 +47,54 @@ class Watermarks:
         if holder not in holds or offset < holds[holder]:
             holds[holder] = offset
         self._holder_tps[holder].add(tp)
+        self._offsets[holder].setdefault(tp, []).append(offset)
 
-    def release(self, holder: int) -> None:
-        """The file's outcome is durably recorded: it no longer needs its offsets."""
+    def release(self, holder: int, done: bool = True) -> None:
+        """The file no longer needs its offsets: its outcome is durably recorded (``done``), or it was
+        dropped unfinished (its partitions were revoked; the next owner reads it again)."""
+        offsets = self._offsets.pop(holder, {})
         for tp in self._holder_tps.pop(holder, ()):
             self._holds[tp].pop(holder, None)
+            if done:
+                self._finish(tp, offsets.get(tp, ()))
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        """The message at ``offset`` needs nothing more (rejected, unwanted, or its file already done)."""
+        self._finish(tp, (offset,))
+
+    def _finish(self, tp: TopicPartition, offsets: "list[int] | tuple[int, ...]") -> None:
+        safe = self.safe(tp)
+        if safe is None:
+            return  # a partition we no longer own
+        above = [o for o in offsets if o >= safe]
+        if above:
+            self._done.setdefault(tp, OffsetRanges()).add_offsets(above)
+        done = self._done.get(tp)
+        if done is not None:
+            done.drop_below(safe)
+
+    def inherit(self, tp: TopicPartition, committed: int, done: OffsetRanges) -> None:
+        """The previous owner of ``tp`` finished ``done`` above ``committed``, where we start reading."""
+        done.drop_below(committed)
+        if done:
+            mine = self._done.setdefault(tp, OffsetRanges())
+            for start, end in done:
+                mine.add_range(start, end)
+
+    def handed_over(self, tp: TopicPartition, offset: int) -> bool:
+        """True when the previous owner of ``tp`` finished the message at ``offset`` and we have not
+        read it ourselves yet."""
+        done = self._done.get(tp)
+        return done is not None and offset in done and not self.seen(tp, offset)
+
+    def progress(self, tp: TopicPartition) -> tuple[int, OffsetRanges] | None:
+        """The safe offset of ``tp`` and the finished offsets above it, when there are any."""
+        safe = self.safe(tp)
+        done = self._done.get(tp)
+        if safe is None or done is None:
+            return None
+        done.drop_below(safe)
+        return (safe, done) if done else None
 
     def held(self, holder: int) -> dict[TopicPartition, int]:
         """The offsets ``holder`` still needs, per partition."""
@@ -68,6 +120,9 @@ class Watermarks:
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
+        for tp, offset in offsets.items():
+            if tp in self._done:
+                self._done[tp].drop_below(offset)
 
     def committed_offset(self, tp: TopicPartition) -> int | None:
         return self._committed.get(tp)
@@ -80,6 +135,7 @@ class Watermarks:
             for holder in list(self._holds.get(tp, {})):
                 self._holder_tps[holder].discard(tp)
             self._holds.pop(tp, None)
+            self._done.pop(tp, None)
 
     def partitions(self) -> set[TopicPartition]:
         return set(self._next) | set(self._committed)

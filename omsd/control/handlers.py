@@ -54,6 +54,9 @@ def status(sup: "Supervisor") -> dict[str, Any]:
         "workers": sup.pool.describe(),
         "totals": dict(sup.stats.totals),
         "rejected": rejected,
+        "handover": {"topic": sup.handover.topic if sup.handover else None,
+                     "available": bool(sup.handover and sup.handover.available),
+                     "skipped_messages": sum(intake.handed_over_skipped for intake in sup.intakes)},
         "recent_rejections": [r for intake in sup.intakes for r in intake.recent_rejections][-20:],
         "recent_errors": sup.stats.recent_errors[-20:],
     }

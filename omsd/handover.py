@@ -1,0 +1,177 @@
+"""Handover records: what the previous owner of a partition already finished above its committed offset.
+
+A partition has one committed offset, and a daemon commits only below files it
+has not finished (see :mod:`omsd.watermark`). When it gives a partition up —
+a rebalance or a graceful stop — while a file there is still incomplete, files
+above that offset may already be done. Before committing, it publishes the
+finished offsets above the committed one to the handover topic; whoever owns
+the partition next (another daemon of the group, or this one after a restart)
+skips those messages instead of processing their files a second time.
+
+A record applies only while the partition's committed offset is still the one
+it was written with, so an old record can never hide newer messages. Records
+are keyed by group, topic and partition, and the topic is created compacted.
+Without the topic (no rights to create it, or ``handover_topic: null``) the
+daemon works as before: the next owner repeats the files finished above the
+committed offset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import msgpack
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from omsd.config import Config
+from omsd.kafka import admin_config, consumer_config, make_producer
+from omsd.offsetranges import OffsetRanges
+
+log = structlog.get_logger(__name__)
+
+RECORD_VERSION = 1
+MAX_RANGES = 8192  # beyond this the highest ranges are left out: those messages are read again, never lost
+POLL_S = 0.1
+REOPEN_EVERY_S = 30.0
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Offsets finished above ``committed`` on one partition."""
+
+    committed: int
+    done: OffsetRanges
+
+
+def record_key(group: str, topic: str, partition: int) -> bytes:
+    return json.dumps([group, topic, partition]).encode()
+
+
+def encode(committed: int, done: OffsetRanges) -> bytes:
+    return msgpack.packb([RECORD_VERSION, committed, done.flat(MAX_RANGES)])
+
+
+def decode(value: bytes | None) -> Handover | None:
+    """A record's content, or None when it is not one this version understands."""
+    try:
+        version, committed, flat = msgpack.unpackb(value or b"", strict_map_key=True)
+        if version != RECORD_VERSION or not isinstance(committed, int) or not isinstance(flat, list) \
+                or not all(isinstance(x, int) for x in flat):
+            return None
+        return Handover(committed, OffsetRanges.from_flat(flat))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+class HandoverLog:
+    """Reads and writes one handover topic for every consumer group of the daemon."""
+
+    def __init__(self, config: Config, topic: str) -> None:
+        self.topic = topic
+        self._admin_config = admin_config(config)
+        self._producer = make_producer(config, **{"linger.ms": 0})
+        self._reader: Consumer = Consumer(consumer_config(config, "omsd-handover-reader",
+                                                          **{"enable.partition.eof": False}))
+        self._latest: dict[bytes, Handover] = {}
+        self._partitions: list[int] = []
+        self.available = False
+        self._opened_at: float | None = None
+
+    def ready(self) -> bool:
+        """True when records can be read and written; an unavailable topic is tried again now and then."""
+        if not self.available and (self._opened_at is None or time.monotonic() - self._opened_at > REOPEN_EVERY_S):
+            self.open()
+        return self.available
+
+    def open(self, timeout: float = 10.0) -> bool:
+        """Make sure the topic exists and read it; False (logged) when it cannot be used."""
+        self._opened_at = time.monotonic()
+        try:
+            self._partitions = self._ensure_topic(timeout)
+            self._reader.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions])
+            self.available = self.catch_up(timeout)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("handover topic unavailable; a partition's next owner may repeat files finished above "
+                        "its committed offset", topic=self.topic, error=str(exc))
+            self.available = False
+        return self.available
+
+    def _ensure_topic(self, timeout: float) -> list[int]:
+        admin = AdminClient(self._admin_config)
+        found = admin.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if found is None or found.error is not None:
+            new = NewTopic(self.topic, num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"})
+            try:
+                admin.create_topics([new], operation_timeout=timeout)[self.topic].result(timeout)
+                log.info("handover topic created", topic=self.topic)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+            deadline = time.monotonic() + timeout
+            while True:
+                found = admin.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+                if found is not None and found.error is None and found.partitions:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topic {self.topic!r} has no partitions after creation")
+                time.sleep(POLL_S)
+        return sorted(found.partitions)
+
+    def catch_up(self, timeout: float = 10.0) -> bool:
+        """Read every record published so far; False if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        ends = {}
+        for p in self._partitions:
+            _low, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)
+            ends[p] = high
+        while True:
+            positions = {tp.partition: tp.offset for tp in self._reader.position(
+                [TopicPartition(self.topic, p) for p in self._partitions])}
+            behind = [p for p, high in ends.items() if high > 0 and positions.get(p, -1) < high]
+            if not behind:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("handover topic not read to its end in time", topic=self.topic, timeout_s=timeout)
+                return False
+            for msg in self._reader.consume(num_messages=500, timeout=POLL_S):
+                if msg.error() is None and msg.key():
+                    record = decode(msg.value())
+                    if record is not None:
+                        self._latest[msg.key()] = record
+
+    def lookup(self, group: str, tp: TopicPartitionKey, committed: int) -> OffsetRanges | None:
+        """The offsets the previous owner finished above ``committed``, if it left a record for exactly that."""
+        record = self._latest.get(record_key(group, *tp))
+        if record is None or record.committed != committed:
+            return None
+        return OffsetRanges(record.done)
+
+    def publish(self, group: str, progress: dict[TopicPartitionKey, tuple[int, OffsetRanges]],
+                timeout: float = 10.0) -> bool:
+        """Write the records and wait for the broker to have them all."""
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for tp, (committed, done) in progress.items():
+            key = record_key(group, *tp)
+            self._producer.produce(self.topic, key=key, value=encode(committed, done), on_delivery=delivered)
+            self._latest[key] = Handover(committed, OffsetRanges(done))
+        left = self._producer.flush(timeout)
+        if left or failures:
+            log.warning("handover records not delivered; the next owner may repeat finished files",
+                        topic=self.topic, group=group, undelivered=left, errors=failures[:3])
+            return False
+        return True
+
+    def close(self) -> None:
+        self._producer.flush(5)
+        self._reader.close()
