@@ -85,17 +85,25 @@ def paused_at_revoke(log: Path) -> bool:
 
 
 class Feed(threading.Thread):
-    """`omsd upload` of one batch directory after the other, while the test moves daemons around."""
+    """`omsd upload` of one batch directory after the other, while the test moves daemons around.
 
-    def __init__(self, config: Path, topic: str, dirs: list[Path], gap_s: float) -> None:
+    ``gates`` hold the stream before a batch until the test opens them, so the
+    stream is still going when the test acts, however fast the machine is.
+    """
+
+    def __init__(self, config: Path, topic: str, dirs: list[Path], gap_s: float,
+                 gates: dict[int, threading.Event] | None = None) -> None:
         super().__init__(daemon=True)
         self.config, self.topic, self.dirs, self.gap_s = config, topic, dirs, gap_s
+        self.gates = gates or {}
         self.sent = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for directory in self.dirs:
+            for index, directory in enumerate(self.dirs):
+                if index in self.gates and not self.gates[index].wait(120):
+                    raise TimeoutError(f"the gate before batch {index} was never opened")
                 upload(self.config, self.topic, directory, chunk_size=1 << 16)
                 self.sent += 1
                 time.sleep(self.gap_s)
@@ -125,8 +133,10 @@ def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batc
     env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "0.5"}
 
     def daemon(label: str) -> Daemon:
+        # A's analyses are the slowest: it still has a backlog when B joins, so both work at once.
+        slow = {"OMSD_TEST_SLOW": "1.5"} if label == "a" else {}
         made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=2,
-                      group=f"shared-{topic}", extra="shutdown_timeout_secs: 30\n", env=env)
+                      group=f"shared-{topic}", extra="shutdown_timeout_secs: 30\n", env={**env, **slow})
         daemons.append(made)
         return made
 
@@ -143,14 +153,17 @@ def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batc
     # -- round 1: A alone, B joins mid-stream, A stops mid-stream ---------------------------------------
     a, b = daemon("a").start(), daemon("b")
     a.wait_assigned(30, at_least=4)
-    feed = Feed(upload_cfg, topic, first_dirs, gap_s=1.0)
+    b_joined, a_stopping = threading.Event(), threading.Event()
+    feed = Feed(upload_cfg, topic, first_dirs, gap_s=1.0, gates={batches // 2: b_joined, batches - 1: a_stopping})
     feed.start()
     wait_for(lambda: len(by(record, "a")) >= 6, 60, "A working", a.proc, a.log)
     b.start()
     wait_for(lambda: b.assigned() >= 1 and a.assigned() < 4, 60, "B joined the group", b.proc, b.log)
+    b_joined.set()
     wait_for(lambda: len(by(record, "b")) >= 3 and a.busy_workers(), 60, "B working while A is busy", b.proc,
              b.log)
-    assert feed.is_alive() or feed.sent < len(feed.dirs), "the stream was over before A stopped"
+    assert feed.sent < len(feed.dirs), "the stream goes on while A stops"
+    a_stopping.set()
     assert a.stop(signal.SIGTERM, timeout=60) == 0, a.tail()
     feed.join(120)
     assert feed.error is None, feed.error
@@ -158,12 +171,14 @@ def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batc
     assert by(record, "a") and by(record, "b"), "both daemons did work"
 
     # -- round 2: B is killed -9 mid-stream, a fresh C takes over ----------------------------------------
-    feed = Feed(upload_cfg, topic, second_dirs, gap_s=1.0)
+    b_killed = threading.Event()
+    feed = Feed(upload_cfg, topic, second_dirs, gap_s=1.0, gates={batches - 2: b_killed})
     feed.start()
     b_before = len(by(record, "b"))
     wait_for(lambda: len(by(record, "b")) >= b_before + 4 and b.busy_workers(), 60, "B working on round 2",
              b.proc, b.log)
     b.kill()
+    b_killed.set()
     time.sleep(SESSION_TIMEOUT_S + 1)  # B has left the group: C's join is the only rebalance (see the docstring)
     c = daemon("c").start()
     feed.join(120)
@@ -182,6 +197,8 @@ def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batc
     for path, labels in runs.items():
         assert len(set(labels)) == len(labels), f"{path} ran twice in one daemon: {labels}"
         assert labels == sorted(labels, key=handover_order.index), f"{path} ran out of handover order: {labels}"
+        # A stopped gracefully: nothing it finished is repeated. B was killed: its in-flight files may be.
+        assert labels[:2] != ["a", "b"], f"{path} was repeated after a graceful hand-over: {labels}"
 
 
 def test_rebalance_while_paused_keeps_consuming(broker, tmp_path, daemons) -> None:
