@@ -76,8 +76,11 @@ class HandoverLog:
         self.topic = topic
         self._admin_config = admin_config(config)
         self._producer = make_producer(config, **{"linger.ms": 0})
+        # Paused between catch-ups, with short fetch waits: a fetch waiting on the broker would hold up
+        # the watermark queries behind it on the same connection.
         self._reader: Consumer = Consumer(consumer_config(config, "omsd-handover-reader",
-                                                          **{"enable.partition.eof": False}))
+                                                          **{"enable.partition.eof": False,
+                                                             "fetch.wait.max.ms": 20}))
         self._latest: dict[bytes, Handover] = {}
         self._partitions: list[int] = []
         self.available = False
@@ -95,6 +98,7 @@ class HandoverLog:
         try:
             self._partitions = self._ensure_topic(timeout)
             self._reader.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions])
+            self._reader.pause(self._topic_partitions())
             self.available = self.catch_up(timeout)
         except (KafkaException, RuntimeError) as exc:
             log.warning("handover topic unavailable; a partition's next owner may repeat files finished above "
@@ -123,16 +127,23 @@ class HandoverLog:
                 time.sleep(POLL_S)
         return sorted(found.partitions)
 
+    def _topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in self._partitions]
+
     def catch_up(self, timeout: float = 10.0) -> bool:
         """Read every record published so far; False if that took longer than ``timeout``."""
         deadline = time.monotonic() + timeout
-        ends = {}
-        for p in self._partitions:
-            _low, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)
-            ends[p] = high
+        ends = {p: self._reader.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)[1]
+                for p in self._partitions}
+        self._reader.resume(self._topic_partitions())
+        try:
+            return self._read_to(ends, deadline, timeout)
+        finally:
+            self._reader.pause(self._topic_partitions())
+
+    def _read_to(self, ends: dict[int, int], deadline: float, timeout: float) -> bool:
         while True:
-            positions = {tp.partition: tp.offset for tp in self._reader.position(
-                [TopicPartition(self.topic, p) for p in self._partitions])}
+            positions = {tp.partition: tp.offset for tp in self._reader.position(self._topic_partitions())}
             behind = [p for p, high in ends.items() if high > 0 and positions.get(p, -1) < high]
             if not behind:
                 return True

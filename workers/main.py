@@ -14,6 +14,7 @@ confluent_kafka. Talks to the supervisor over one duplex pipe:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import signal
 import sys
@@ -25,18 +26,20 @@ EXIT_BOOT_FAILURE = 4  # mirrors omsd.exitcodes.RET_WORKER_BOOT
 
 
 def file_sha512(path: str, size: int) -> bytes:
-    """sha512 of the first ``size`` bytes of a staged file, read in blocks (GIL released)."""
+    """sha512 of the first ``size`` bytes of a staged file, hashed from a read-only mapping in blocks
+    (no copy into this process; the GIL is released while hashing)."""
     digest = hashlib.sha512()
+    if size <= 0:
+        return digest.digest()
     with open(path, "rb", buffering=0) as handle:
-        remaining = size
-        buffer = bytearray(min(BLOCK, max(size, 1)))
-        view = memoryview(buffer)
-        while remaining > 0:
-            n = handle.readinto(view[: min(BLOCK, remaining)])
-            if not n:
-                break
-            digest.update(view[:n])
-            remaining -= n
+        available = os.fstat(handle.fileno()).st_size
+        with mmap.mmap(handle.fileno(), min(size, available), access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for start in range(0, len(view), BLOCK):
+                    digest.update(view[start:start + BLOCK])
+            finally:
+                view.release()
     return digest.digest()
 
 
