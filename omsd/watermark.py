@@ -60,7 +60,8 @@ class Watermarks:
 
     def finished(self, tp: TopicPartition, offset: int) -> None:
         """The message at ``offset`` needs nothing more (rejected, unwanted, or its file already done)."""
-        self._finish(tp, (offset,))
+        if self._holds.get(tp):  # otherwise the safe offset passes it as soon as it is consumed
+            self._finish(tp, (offset,))
 
     def _finish(self, tp: TopicPartition, offsets: "list[int] | tuple[int, ...]") -> None:
         safe = self.safe(tp)

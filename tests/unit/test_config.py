@@ -483,3 +483,31 @@ def test_ini_unknown_section(tmp_path: Path) -> None:
 def test_ini_syntax_error(tmp_path: Path) -> None:
     path = write(tmp_path, "[broker]\nbootstrap.servers = h:1\nno equals sign here\n", "x.config")
     assert str(path) in error_of(path)
+
+
+# --------------------------------------------------------------------------- handover topic
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("", "omsd.handover"),
+    ("handover_topic: lab.handover", "lab.handover"),
+    ("handover_topic: null", None),
+    ("handover_topic: ''", None),
+])
+def test_handover_topic_default_name_and_off(tmp_path: Path, line: str, expected: str | None) -> None:
+    path = write(tmp_path, """
+        {line}
+        pipelines:
+          - name: keep
+            topic: raw
+            steps:
+              - call: {{function: "json:dumps"}}
+        """.format(line=line))
+    assert load_config(path).handover_topic == expected
+
+
+def test_handover_topic_must_be_a_string(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        handover_topic: [a, b]
+        """)
+    assert f"omsd.yaml:{line_of(path, 'handover_topic')}" in error_of(path)

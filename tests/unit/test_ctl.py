@@ -32,6 +32,7 @@ STATUS_REPLY = {
     "totals": {"messages_read": 120, "bytes_read": 2048, "files_completed": 7,
                "files_failed": 1, "messages_produced": 3, "bytes_produced": 99},
     "rejected": {"bad_hash": 2},
+    "handover": {"topic": "omsd.handover", "available": True, "skipped_messages": 9},
     "recent_errors": [{"time": "2024-05-01T10:00:00Z", "message": "step s3 failed"}],
 }
 
@@ -150,7 +151,7 @@ def test_status_human_output(daemon, sock, capsys):
     assert "pid 4242" in out and "RUNNING" in out and "1h 02m 03s" in out
     for text in ("Pipelines", "raw_files", "omsd-mirror", "Partitions", "run1/scan.dat",
                  "1.5 MiB", "Staging: memory 1.0 MiB of 512.0 MiB", "Workers", "5001",
-                 "bad_hash 2", "step s3 failed"):
+                 "bad_hash 2", "step s3 failed", "Handover: topic omsd.handover in use; 9 messages skipped"):
         assert text in out, text
 
 
