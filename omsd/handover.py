@@ -85,6 +85,7 @@ class HandoverLog:
         self._partitions: list[int] = []
         self.available = False
         self._opened_at: float | None = None
+        self._undelivered = 0
 
     def ready(self) -> bool:
         """True when records can be read and written; an unavailable topic is tried again now and then."""
@@ -108,7 +109,9 @@ class HandoverLog:
 
     def _ensure_topic(self, timeout: float) -> list[int]:
         admin = AdminClient(self._admin_config)
-        found = admin.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        # All topics: asking for this one by name would make a broker that auto-creates topics create it
+        # with its default partition count.
+        found = admin.list_topics(timeout=timeout).topics.get(self.topic)
         if found is None or found.error is not None:
             new = NewTopic(self.topic, num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"})
             try:
@@ -163,25 +166,28 @@ class HandoverLog:
             return None
         return OffsetRanges(record.done)
 
-    def publish(self, group: str, progress: dict[TopicPartitionKey, tuple[int, OffsetRanges]],
+    def publish(self, group: str, progress: dict[TopicPartitionKey, tuple[int, OffsetRanges]], wait: bool = True,
                 timeout: float = 10.0) -> bool:
-        """Write the records and wait for the broker to have them all."""
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
+        """Write the records; with ``wait``, return whether the broker has them all."""
+        self._undelivered = 0
         for tp, (committed, done) in progress.items():
             key = record_key(group, *tp)
-            self._producer.produce(self.topic, key=key, value=encode(committed, done), on_delivery=delivered)
+            self._producer.produce(self.topic, key=key, value=encode(committed, done), on_delivery=self._delivered)
             self._latest[key] = Handover(committed, OffsetRanges(done))
+        if not wait:
+            self._producer.poll(0)
+            return True
         left = self._producer.flush(timeout)
-        if left or failures:
+        if left or self._undelivered:
             log.warning("handover records not delivered; the next owner may repeat finished files",
-                        topic=self.topic, group=group, undelivered=left, errors=failures[:3])
+                        topic=self.topic, group=group, undelivered=left + self._undelivered)
             return False
         return True
+
+    def _delivered(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self._undelivered += 1
+            log.warning("handover record not delivered", topic=self.topic, error=str(err))
 
     def close(self) -> None:
         self._producer.flush(5)

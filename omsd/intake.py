@@ -33,6 +33,7 @@ RECENT_REJECTIONS = 50
 STAGING_RETRY_S = 2.0
 BATCH = 500
 HASH_THREADS = 2
+HANDOVER_EVERY_S = 5.0  # progress records while running (when they changed), so a crash repeats little
 
 
 class Intake:
@@ -67,6 +68,8 @@ class Intake:
         self.verify_at_intake = config.staging.verify_chunk_hashes == "at_intake"
         self._hashers = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="omsd-hash")
         self._last_commit = 0.0
+        self._last_handover = time.monotonic()
+        self._published: dict[tuple[str, int], tuple[int, list[int]]] = {}
 
     # -- group membership --------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -310,7 +313,9 @@ class Intake:
         self._last_commit = now
         tps = only if only is not None else self.assigned
         if force:
-            self._hand_over(tps)
+            self._hand_over(tps, wait=True)
+        elif now - self._last_handover >= HANDOVER_EVERY_S:
+            self._hand_over(tps, wait=False)
         offsets = self.watermarks.to_commit(tps)
         if not offsets:
             return
@@ -322,14 +327,21 @@ class Intake:
             return
         self.watermarks.committed(offsets)
 
-    def _hand_over(self, tps: set[tuple[str, int]]) -> None:
-        """Before a final commit: publish what is finished above the offsets about to be committed."""
+    def _hand_over(self, tps: set[tuple[str, int]], wait: bool) -> None:
+        """Publish what is finished above the offsets about to be committed: before a final commit
+        (``wait``: delivered first), and now and then while running (only what changed)."""
+        self._last_handover = time.monotonic()
         if self.handover is None or not self.handover.available:
             return
-        progress = {tp: p for tp in tps if (p := self.watermarks.progress(tp)) is not None}
+        progress = {}
+        for tp in tps:
+            found = self.watermarks.progress(tp)
+            if found is not None and (wait or self._published.get(tp) != (found[0], found[1].flat())):
+                progress[tp] = found
+                self._published[tp] = (found[0], found[1].flat())
         if progress:
-            self.handover.publish(self.group_id, progress)
-            log.info("handover published", group=self.group_id,
+            self.handover.publish(self.group_id, progress, wait=wait)
+            (log.info if wait else log.debug)("handover published", group=self.group_id,
                      partitions={f"{t}[{p}]": {"committed": c, "finished_messages": d.count()}
                                  for (t, p), (c, d) in sorted(progress.items())})
 

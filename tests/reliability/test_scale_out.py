@@ -35,10 +35,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from omsd.config import DEFAULT_HANDOVER_TOPIC
+from omsd.handover import Handover, decode
 from omsd.sharding import shard_for
 from tests.chunks import chunk_messages, produce, produce_files, wait_for
 from tests.conftest import client_props
@@ -109,6 +111,28 @@ class Feed(threading.Thread):
                 time.sleep(self.gap_s)
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             self.error = exc
+
+
+def handover_records(bootstrap: str, group: str, topic: str) -> list[Handover]:
+    """The records on the handover topic for ``group``'s partitions of ``topic``."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}",
+                       "enable.auto.commit": False})
+    try:
+        partitions = reader.list_topics(DEFAULT_HANDOVER_TOPIC, timeout=10).topics[DEFAULT_HANDOVER_TOPIC].partitions
+        ends = {p: reader.get_watermark_offsets(TopicPartition(DEFAULT_HANDOVER_TOPIC, p), timeout=10)
+                for p in partitions}
+        reader.assign([TopicPartition(DEFAULT_HANDOVER_TOPIC, p, low) for p, (low, high) in ends.items() if high > low])
+        found, left = [], sum(max(0, high - low) for low, high in ends.values())
+        while left > 0:
+            batch = reader.consume(100, timeout=5)
+            if not batch:
+                break
+            left -= len(batch)
+            found += [decode(m.value()) for m in batch
+                      if m.error() is None and m.key() is not None and json.loads(m.key())[:2] == [group, topic]]
+        return [f for f in found if f is not None]
+    finally:
+        reader.close()
 
 
 def labelled(record: Path) -> list[tuple[str, str]]:
@@ -275,6 +299,37 @@ def test_graceful_handover_does_not_repeat_finished_files(broker, tmp_path, daem
     assert c.stop() == 0
     assert sorted(labelled(record)) == sorted([("upload/small.dat", "a"), ("upload/big.dat", "b"),
                                                ("upload/again.dat", "c")]), labelled(record)
+
+
+def test_a_killed_daemon_left_progress_for_the_next_owner(broker, tmp_path, daemons) -> None:
+    topic = f"handover-kill-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "record.txt"
+    env = {"OMSD_TEST_RECORD": str(record)}
+    create_topic(broker.bootstrap, topic, partitions=1)
+    rng = random.Random(6)
+    big, small = rng.randbytes(4 << 16), rng.randbytes(1000)
+    big_chunks = chunk_messages("upload/big.dat", big)
+    produce(broker.bootstrap, topic, [(*big_chunks[0], 0), *((k, v, 0) for k, v in chunk_messages("upload/small.dat",
+                                                                                                   small))])
+    a = Daemon(tmp_path / "a", broker.bootstrap, topic, label="a", steps=STEPS, workers=1, env=env,
+               group=f"shared-{topic}")
+    daemons.append(a)
+    a.start()
+    wait_for(lambda: a.saved() == {"upload/small.dat": small}, 30, "A saved the small file", a.proc, a.log)
+    # The progress above the held offset is published within seconds while A runs...
+    wait_for(lambda: handover_records(broker.bootstrap, f"shared-{topic}", topic), 20, "A published its progress",
+             a.proc, a.log)
+    a.kill()  # ...so even a crash leaves it behind
+    produce(broker.bootstrap, topic, [(k, v, 0) for k, v in big_chunks[1:]])
+    time.sleep(SESSION_TIMEOUT_S + 1)
+    b = Daemon(tmp_path / "b", broker.bootstrap, topic, label="b", steps=STEPS, workers=1, env=env,
+               group=f"shared-{topic}")
+    daemons.append(b)
+    b.start()
+    wait_for(lambda: b.saved().get("upload/big.dat") == big, 30, "B saved the big file", b.proc, b.log)
+    assert b.stop() == 0
+    a.reap_orphans()
+    assert sorted(labelled(record)) == [("upload/big.dat", "b"), ("upload/small.dat", "a")], labelled(record)
 
 
 def test_a_burst_of_sequentially_named_files_reaches_every_partition(broker, tmp_path) -> None:
