@@ -111,19 +111,9 @@ def file_names(n: int, workers: int, how: str) -> list[str]:
 
 
 def write_configs(work: Path, bootstrap: str, topic: str, workers: int, group: str) -> tuple[Path, Path]:
-    ini = work / "openmsistream.config"
-    ini.write_text(f"""[broker]
-bootstrap.servers = {bootstrap}
+    from tests.openmsistream_support import openmsistream_ini
 
-[consumer]
-group.id = create_new
-auto.offset.reset = earliest
-enable.auto.commit = False
-session.timeout.ms = {SESSION_TIMEOUT_MS}
-heartbeat.interval.ms = 500
-key.deserializer = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-""")
+    ini = openmsistream_ini(work / "openmsistream.config", bootstrap, session_timeout_ms=SESSION_TIMEOUT_MS)
     yaml = work / "omsd.yaml"
     yaml.write_text(f"""broker:
   bootstrap.servers: {bootstrap}
@@ -175,25 +165,12 @@ def stop_omsd(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
-def stop_openmsistream(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            proc.stdin.write(b"q\n")
-            proc.stdin.flush()
-        except OSError:
-            pass
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run(args: argparse.Namespace) -> float:
     sys.path.insert(0, str(REPO))
     from omsd.broker import EmbeddedBroker
     from omsd.sharding import worker_slot_for
     from tests.chunks import produce_files
+    from tests.openmsistream_support import quit_openmsistream
 
     work = Path(tempfile.mkdtemp(prefix="omsd-bench-cpu-"))
     names = file_names(args.files, args.workers, args.names)
@@ -216,7 +193,7 @@ def run(args: argparse.Namespace) -> float:
                             here / "omsd.jsonl", args.files, here / "omsd.log", args.timeout, stop_omsd),
                 time_reader("openmsistream", [sys.executable, str(Path(__file__).resolve()), "_oms", str(ini),
                                               topic, str(here / "oms-out"), str(args.workers)],
-                            here / "oms.jsonl", args.files, here / "oms.log", args.timeout, stop_openmsistream),
+                            here / "oms.jsonl", args.files, here / "oms.log", args.timeout, quit_openmsistream),
             ]
             ratios.append(report(results, args.workers))
     finally:

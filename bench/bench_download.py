@@ -118,25 +118,12 @@ def produce_omsd_format(bootstrap: str, topic: str, files: Iterable[SourceFile],
 
 def write_oms_ini(path: Path, bootstrap: str, group_id: str | None = None) -> Path:
     """An OpenMSIStream INI config for the embedded broker."""
-    text = f"""[broker]
-bootstrap.servers = {bootstrap}
+    from tests.openmsistream_support import openmsistream_ini
 
-[producer]
-key.serializer = StringSerializer
-value.serializer = DataFileChunkSerializer
-message.max.bytes = 67108864
-
-[consumer]
-group.id = {group_id or 'create_new'}
-auto.offset.reset = earliest
-enable.auto.commit = False
-session.timeout.ms = {SESSION_TIMEOUT_MS}
-heartbeat.interval.ms = {HEARTBEAT_INTERVAL_MS}
-key.deserializer = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-"""
-    path.write_text(text)
-    return path
+    producer = {"key.serializer": "StringSerializer", "value.serializer": "DataFileChunkSerializer",
+                "message.max.bytes": 67108864}
+    return openmsistream_ini(path, bootstrap, group_id=group_id or "create_new", producer=producer,
+                             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
 
 
 def produce_openmsistream(bootstrap: str, topic: str, root: Path, files: list[SourceFile], work: Path,
@@ -286,6 +273,8 @@ def time_raw(bootstrap: str, topic: str, group_id: str, n_messages: int, n_bytes
 
 def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[SourceFile], work: Path,
                        threads: int, timeout: float) -> Timing:
+    from tests.openmsistream_support import quit_openmsistream
+
     out = work / "out-openmsistream"
     ini = write_oms_ini(work / "oms-download.config", bootstrap, group_id)
     log_path = work / "logs" / "openmsistream.log"
@@ -298,25 +287,9 @@ def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[So
         elapsed = wait_verified(proc, Verifier(out, files), started, timeout, "DataFileDownloadDirectory", log_path)
         cpu = cpu_seconds(proc.pid)
     finally:
-        stop_openmsistream(proc)
+        quit_openmsistream(proc)
     return Timing(f"OpenMSIStream DataFileDownloadDirectory ({threads} threads)", elapsed,
                   sum(f.size for f in files), f"CPU s: {cpu['supervisor'] + cpu['workers']:.1f}")
-
-
-def stop_openmsistream(proc: subprocess.Popen) -> None:
-    """It stops when it reads 'q' on stdin."""
-    if proc.poll() is None:
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(b"q\n")
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def write_omsd_config(path: Path, bootstrap: str, state_dir: Path, workers: int, memory: str = "512MiB") -> Path:

@@ -60,9 +60,28 @@ def client_props(bootstrap: str) -> dict:
     }
 
 
-def write_config(path: Path, bootstrap: str, *, state_dir: Path | None = None, extra: str = "") -> Path:
-    """A minimal omsd YAML config for tests."""
+def pipeline(name: str, topic: str, *steps: str, **settings: object) -> str:
+    """One entry of a config's ``pipelines:`` list, for :func:`write_config`.
+
+    A step is YAML text such as ``"save: {dir: /out}"`` (lines after its first are
+    indented under it); ``settings`` are further keys of the pipeline, written
+    before its steps (``retries=0``, ``match="'^a/'"``, ``**{"group.id": "g"}``).
+    """
+    lines = [f"  - name: {name}", f"    topic: {topic}", *(f"    {key}: {value}" for key, value in settings.items()),
+             "    steps:", *("      - " + step.replace("\n", "\n        ") for step in steps)]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, bootstrap: str, *pipelines: str, state_dir: Path | None = None,
+                 workers: int | None = None, extra: str = "") -> Path:
+    """A minimal omsd YAML config for tests, then ``workers``, the ``extra`` YAML text and the ``pipelines``
+    (each from :func:`pipeline`)."""
     state = state_dir or path.parent / "state"
+    body = (f"workers: {workers}\n" if workers is not None else "") + extra
+    if pipelines:
+        if body and not body.endswith("\n"):
+            body += "\n"
+        body += "pipelines:\n" + "".join(pipelines)
     path.write_text(
         f"""broker:
   bootstrap.servers: {bootstrap}
@@ -70,6 +89,6 @@ consumer:
   session.timeout.ms: {EMBEDDED_SESSION_TIMEOUT_MS}
   heartbeat.interval.ms: 500
 state_dir: {state}
-{extra}"""
+{body}"""
     )
     return path

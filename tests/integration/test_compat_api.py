@@ -23,11 +23,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS, free_port
+from omsd.broker import free_port
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import REPO, produce_files, tree, wait_for
 from tests.conftest import S3_CREDENTIALS
 from tests.integration.test_pipelines import consume, create_topic, oms_result_key
+from tests.openmsistream_support import openmsistream_ini, quit_openmsistream
 from workers import compat
 
 pytest.importorskip("openmsistream")
@@ -39,25 +40,10 @@ OMS_NAMES = {"ReproducerMessage": "openmsistream.data_file_io"}
 # -- helpers ---------------------------------------------------------------------------------------
 def write_ini(path: Path, bootstrap: str, *, s3: bool = False) -> Path:
     """An OpenMSIStream INI config file, read by both programs."""
-    s3_section = ("[s3]\naccess_key_id = $ACCESS_KEY_ID\nsecret_key_id = $SECRET_KEY_ID\n"
-                  "endpoint_url = $ENDPOINT_URL\nregion = $REGION\n\n") if s3 else ""
-    path.write_text(f"""[broker]
-bootstrap.servers = {bootstrap}
-
-{s3_section}[producer]
-key.serializer = StringSerializer
-value.serializer = StringSerializer
-
-[consumer]
-group.id = create_new
-auto.offset.reset = earliest
-enable.auto.commit = False
-session.timeout.ms = {EMBEDDED_SESSION_TIMEOUT_MS}
-heartbeat.interval.ms = 500
-key.deserializer = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-""")
-    return path
+    sections = {"s3": {"access_key_id": "$ACCESS_KEY_ID", "secret_key_id": "$SECRET_KEY_ID",
+                       "endpoint_url": "$ENDPOINT_URL", "region": "$REGION"}} if s3 else {}
+    return openmsistream_ini(path, bootstrap, **sections,
+                             producer={"key.serializer": "StringSerializer", "value.serializer": "StringSerializer"})
 
 
 def openmsistream_copy(example: str, directory: Path) -> Path:
@@ -91,17 +77,7 @@ class Program:
 
     def quit(self) -> None:
         """Stop an OpenMSIStream program: it reads "q" on stdin."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b"q\n")
-                self.proc.stdin.flush()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        quit_openmsistream(self.proc)
 
 
 def stop_both(ours: Program, theirs: Program) -> None:
@@ -111,6 +87,30 @@ def stop_both(ours: Program, theirs: Program) -> None:
     finally:
         theirs.quit()
     assert code == 0, ours.log.read_text()[-3000:]
+
+
+def feed_reproducers(bootstrap: str, topic: str, tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """Produce ``files`` to ``topic`` and create the two programs' result topics (``{topic}-omsd``,
+    ``{topic}-oms``); the INI config both programs read."""
+    ini = write_ini(tmp_path / "lab.config", bootstrap)
+    produce_files(bootstrap, topic, files)
+    for suffix in ("omsd", "oms"):
+        create_topic(bootstrap, f"{topic}-{suffix}")
+    return ini
+
+
+def same_results(bootstrap: str, topic: str, ours: Program, theirs: Program, n: int) -> dict[str, dict]:
+    """Read the ``n`` results each program sent (to ``{topic}-omsd`` / ``{topic}-oms``), stop both, and check
+    they are the same; omsd's, by key."""
+    try:
+        got_ours = consume(bootstrap, [f"{topic}-omsd"], n, timeout=90)
+        got_theirs = consume(bootstrap, [f"{topic}-oms"], n, timeout=90)
+    finally:
+        stop_both(ours, theirs)
+    ours_by_key = {key: json.loads(value) for _, key, value in got_ours}
+    assert len(got_ours) == n
+    assert ours_by_key == {key: json.loads(value) for _, key, value in got_theirs}, theirs.log.read_text()[-3000:]
+    return ours_by_key
 
 
 def omsd_example(example: str, args: list[str], log: Path, env: dict | None = None) -> Program:
@@ -248,24 +248,14 @@ def test_config_error_exits_78_before_kafka(tmp_path) -> None:
 # -- end to end against the broker, compared with OpenMSIStream -------------------------------------
 def test_metadata_reproducer_sends_what_openmsistream_sends(broker, topic, tmp_path) -> None:
     files = csv_files(1)
-    ini = write_ini(tmp_path / "lab.config", broker.bootstrap)
-    produce_files(broker.bootstrap, topic, files)
-    for suffix in ("omsd", "oms"):
-        create_topic(broker.bootstrap, f"{topic}-{suffix}")
+    ini = feed_reproducers(broker.bootstrap, topic, tmp_path, files)
     args = ["--config", str(ini), "--topic_name", topic, "--n_consumer_threads", "2"]
     ours = omsd_example("metadata_example", [*args, "--producer_topic_name", f"{topic}-omsd", "--output_dir",
                                              str(tmp_path / "omsd")], tmp_path / "omsd.log")
     theirs = Program([sys.executable, str(EXAMPLES / "oms_runner.py"), str(openmsistream_copy("metadata_example",
                       tmp_path)), "CSVMetadataReproducer", *args, "--producer_topic_name", f"{topic}-oms",
                       "--output_dir", str(tmp_path / "oms")], tmp_path / "oms.log", cwd=tmp_path)
-    try:
-        got_ours = consume(broker.bootstrap, [f"{topic}-omsd"], len(files), timeout=90)
-        got_theirs = consume(broker.bootstrap, [f"{topic}-oms"], len(files), timeout=90)
-    finally:
-        stop_both(ours, theirs)
-    ours_by_key = {key: json.loads(value) for _, key, value in got_ours}
-    assert len(got_ours) == len(files)
-    assert ours_by_key == {key: json.loads(value) for _, key, value in got_theirs}, theirs.log.read_text()[-3000:]
+    ours_by_key = same_results(broker.bootstrap, topic, ours, theirs, len(files))
     for rel, data in files.items():
         assert ours_by_key[oms_result_key(rel)] == {
             "filename": rel.rpartition("/")[2], "columns": ["angle", "counts"],
@@ -297,10 +287,7 @@ def test_processor_side_effects_match_openmsistream_and_failures_are_listed(brok
 
 def test_reproducer_in_disk_mode_matches_openmsistream(broker, topic, tmp_path) -> None:
     files = csv_files(3)
-    ini = write_ini(tmp_path / "lab.config", broker.bootstrap)
-    produce_files(broker.bootstrap, topic, files)
-    for suffix in ("omsd", "oms"):
-        create_topic(broker.bootstrap, f"{topic}-{suffix}")
+    ini = feed_reproducers(broker.bootstrap, topic, tmp_path, files)
     args = ["--config", str(ini), "--topic_name", topic, "--mode", "disk", "--n_consumer_threads", "2"]
     ours_dir, theirs_dir = tmp_path / "omsd", tmp_path / "oms"
     ours = omsd_example("reproducer_example", [*args, "--producer_topic_name", f"{topic}-omsd", "--output_dir",
@@ -308,14 +295,7 @@ def test_reproducer_in_disk_mode_matches_openmsistream(broker, topic, tmp_path) 
     theirs = Program([sys.executable, str(openmsistream_copy("reproducer_example", tmp_path)), *args,
                       "--producer_topic_name", f"{topic}-oms", "--output_dir", str(theirs_dir)],
                      tmp_path / "oms.log", cwd=tmp_path)
-    try:
-        got_ours = consume(broker.bootstrap, [f"{topic}-omsd"], len(files), timeout=90)
-        got_theirs = consume(broker.bootstrap, [f"{topic}-oms"], len(files), timeout=90)
-    finally:
-        stop_both(ours, theirs)
-    ours_by_key = {key: json.loads(value) for _, key, value in got_ours}
-    assert len(got_ours) == len(files)
-    assert ours_by_key == {key: json.loads(value) for _, key, value in got_theirs}, theirs.log.read_text()[-3000:]
+    ours_by_key = same_results(broker.bootstrap, topic, ours, theirs, len(files))
     for rel, data in files.items():
         assert ours_by_key[oms_result_key(rel)] == {"file": rel.rpartition("/")[2], "lines": data.count(b"\n"),
                                                     "bytes": len(data)}

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from omsd.broker import EmbeddedBroker
 from omsd.protocol import chunk_key
 from tests.conftest import write_config
 from tests.integration.test_upload import TopicReader, has_files, make_tree, omsd_upload, reassemble
+from tests.openmsistream_support import openmsistream_ini
 
 pytest.importorskip("openmsistream")
 
@@ -23,25 +24,9 @@ BIN = Path(sys.executable).parent
 
 def openmsistream_config(path: Path, bootstrap: str) -> Path:
     """An OpenMSIStream INI config for the embedded broker."""
-    path.write_text(f"""[broker]
-bootstrap.servers = {bootstrap}
-
-[producer]
-batch.size = 2000000
-linger.ms = 100
-key.serializer = StringSerializer
-value.serializer = DataFileChunkSerializer
-
-[consumer]
-group.id = create_new
-auto.offset.reset = earliest
-enable.auto.commit = False
-session.timeout.ms = {EMBEDDED_SESSION_TIMEOUT_MS}
-heartbeat.interval.ms = 500
-key.deserializer = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-""")
-    return path
+    return openmsistream_ini(path, bootstrap, producer={
+        "batch.size": 2000000, "linger.ms": 100, "key.serializer": "StringSerializer",
+        "value.serializer": "DataFileChunkSerializer"})
 
 
 def _tree_matches(out: Path, files: dict[str, bytes]) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from omsd.staging import Staging
 from tests.chunks import produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import write_config
+from tests.conftest import pipeline, write_config
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def files() -> dict[str, bytes]:
 
 def test_download_saves_tree_byte_identical(broker, topic, tmp_path, files) -> None:
     out = tmp_path / "out"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra="workers: 2\n")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, workers=2)
     produce_files(broker.bootstrap, topic, files, shuffle=random.Random(1).shuffle)
     log = tmp_path / "daemon.log"
     proc = start_daemon(["download", str(out), "--config", str(cfg), "--topic", topic], log)
@@ -46,14 +46,8 @@ def test_duplicate_chunks_are_idempotent_and_processed_once(broker, topic, tmp_p
 
     out = tmp_path / "out"
     record = tmp_path / "record.txt"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-      - call: {{function: tests.integration.funcs:record}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "mirror", topic, f"save: {{dir: {out}}}", "call: {function: tests.integration.funcs:record}"), workers=2)
     rng = random.Random(3)
     files = {f"dup/f{i}.bin": rng.randbytes(rng.randint(1, 200_000)) for i in range(5)}
     messages = [(k, v, 0) for rel, data in files.items() for k, v in chunk_messages(rel, data, 20_000)]

@@ -6,19 +6,14 @@ import random
 
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import write_config
+from tests.conftest import pipeline, write_config
 
 
 def _config(base, bootstrap, topic):
     out = base / "out"
-    cfg = write_config(base / "omsd.yaml", bootstrap, state_dir=base / "state", extra=f"""workers: 1
-pipelines:
-  - name: mirror
-    topic: {topic}
-    group.id: shared-{topic}
-    steps:
-      - save: {{dir: {out}}}
-""")
+    cfg = write_config(base / "omsd.yaml", bootstrap,
+                       pipeline("mirror", topic, f"save: {{dir: {out}}}", **{"group.id": f"shared-{topic}"}),
+                       state_dir=base / "state", workers=1)
     return cfg, out
 
 

@@ -11,7 +11,7 @@ import pytest
 from omsd.control.client import ControlClient
 from omsd.protocol import encode_chunk
 from tests.chunks import chunk_messages, produce, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import write_config
+from tests.conftest import pipeline, write_config
 
 
 def _value(**overrides) -> bytes:
@@ -60,14 +60,8 @@ def corrupted_file() -> list[tuple[str, bytes]]:
 @pytest.mark.parametrize("verify", ["on_mismatch", "at_intake"])
 def test_hostile_input_is_rejected_and_good_files_survive(broker, topic, tmp_path, verify) -> None:
     out = tmp_path / "out"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-staging: {{verify_chunk_hashes: {verify}}}
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                       workers=2, extra=f"staging: {{verify_chunk_hashes: {verify}}}\n")
     rng = random.Random(11)
     good = {f"good/file_{i}.bin": rng.randbytes(rng.randint(1000, 200_000)) for i in range(6)}
     bad_file = rng.randbytes(50_000)

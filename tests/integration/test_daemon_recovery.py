@@ -5,28 +5,34 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import write_config
+from tests.conftest import pipeline, write_config
 from tests.integration.funcs import recorded
 
 
 def pipeline_config(tmp_path: Path, bootstrap: str, topic: str, out: Path, *, slow: bool = False,
                     extra: str = "") -> Path:
-    steps = f"      - save: {{dir: {out}}}\n"
-    if slow:
-        steps += "      - call: {function: tests.integration.funcs:slow}\n"
-    steps += "      - call: {function: tests.integration.funcs:record}\n"
-    return write_config(tmp_path / "omsd.yaml", bootstrap, extra=f"""workers: 2
-{extra}pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-{steps}""")
+    """Two workers running save (→ slow) → record into ``out``."""
+    slow_step = ["call: {function: tests.integration.funcs:slow}"] if slow else []
+    return write_config(tmp_path / "omsd.yaml", bootstrap, pipeline(
+        "mirror", topic, f"save: {{dir: {out}}}", *slow_step, "call: {function: tests.integration.funcs:record}"),
+        workers=2, extra=extra)
+
+
+def start_slow_mirror(tmp_path: Path, bootstrap: str, topic: str, files: dict[str, bytes],
+                      slow_s: float) -> tuple[Path, dict[str, str], subprocess.Popen]:
+    """Produce ``files``, then start `omsd run` on a save → slow → record mirror into ``tmp_path / "out"`` (log
+    ``daemon.log``, record ``record.txt``); its config, environment and process."""
+    cfg = pipeline_config(tmp_path, bootstrap, topic, tmp_path / "out", slow=True)
+    produce_files(bootstrap, topic, files)
+    env = {"OMSD_TEST_RECORD": str(tmp_path / "record.txt"), "OMSD_TEST_SLOW": str(slow_s)}
+    return cfg, env, start_daemon(["run", "--config", str(cfg)], tmp_path / "daemon.log", env)
 
 
 def status(tmp_path: Path) -> dict:
@@ -66,13 +72,9 @@ def test_restart_resumes_from_committed_offsets(broker, topic, tmp_path) -> None
 
 
 def test_worker_killed_mid_file_is_redone_once(broker, topic, tmp_path) -> None:
-    out = tmp_path / "out"
-    cfg = pipeline_config(tmp_path, broker.bootstrap, topic, out, slow=True)
+    out, log, record = tmp_path / "out", tmp_path / "daemon.log", tmp_path / "record.txt"
     files = files_of(4, 3)
-    produce_files(broker.bootstrap, topic, files)
-    log = tmp_path / "daemon.log"
-    record = tmp_path / "record.txt"
-    proc = start_daemon(["run", "--config", str(cfg)], log, {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "1.5"})
+    _, _, proc = start_slow_mirror(tmp_path, broker.bootstrap, topic, files, slow_s=1.5)
     try:
         busy: dict = {}
 
@@ -95,14 +97,9 @@ def test_worker_killed_mid_file_is_redone_once(broker, topic, tmp_path) -> None:
 
 
 def test_supervisor_killed_then_restart_completes_everything(broker, topic, tmp_path) -> None:
-    out = tmp_path / "out"
-    cfg = pipeline_config(tmp_path, broker.bootstrap, topic, out, slow=True)
+    out, log, record = tmp_path / "out", tmp_path / "daemon.log", tmp_path / "record.txt"
     files = files_of(8, 4)
-    produce_files(broker.bootstrap, topic, files)
-    log = tmp_path / "daemon.log"
-    record = tmp_path / "record.txt"
-    env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "0.5"}
-    proc = start_daemon(["run", "--config", str(cfg)], log, env)
+    cfg, env, proc = start_slow_mirror(tmp_path, broker.bootstrap, topic, files, slow_s=0.5)
     wait_for(lambda: len(recorded(record)) >= 2, 60, "some files processed", proc, log)
     proc.kill()
     proc.wait()

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer
 
 from omsd.broker import free_port
 from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import client_props, write_config
+from tests.conftest import client_props, pipeline, write_config
 
 
 def omsctl(*args: str) -> subprocess.CompletedProcess:
@@ -28,14 +28,9 @@ def test_operating_a_running_daemon(broker, topic, tmp_path) -> None:
     out = tmp_path / "out"
     hb_topic = f"hb-{uuid.uuid4().hex[:8]}"
     metrics_port = free_port()
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-heartbeat: {{topic: {hb_topic}, interval_secs: 0.5, program_id: lab1}}
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                       workers=2, extra=f"""heartbeat: {{topic: {hb_topic}, interval_secs: 0.5, program_id: lab1}}
 metrics: {{port: {metrics_port}}}
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
 """)
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -116,13 +111,8 @@ pipelines:
 
 
 def test_check_reports_degraded_when_the_broker_is_unreachable(topic, tmp_path) -> None:
-    cfg = write_config(tmp_path / "omsd.yaml", f"127.0.0.1:{free_port()}", extra=f"""workers: 1
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {tmp_path / 'out'}}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", f"127.0.0.1:{free_port()}",
+                       pipeline("mirror", topic, f"save: {{dir: {tmp_path / 'out'}}}"), workers=1)
     log = tmp_path / "daemon.log"
     proc = start_daemon(["run", "--config", str(cfg)], log)
     try:
@@ -136,14 +126,8 @@ pipelines:
 
 def test_sigint_stops_gracefully_and_nothing_is_lost(broker, topic, tmp_path) -> None:
     out = tmp_path / "out"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-      - call: {{function: tests.integration.funcs:slow}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "mirror", topic, f"save: {{dir: {out}}}", "call: {function: tests.integration.funcs:slow}"), workers=2)
     files = {f"s/f{i}.bin": bytes([i]) * 10_000 for i in range(6)}
     produce_files(broker.bootstrap, topic, files)
     log = tmp_path / "daemon.log"
@@ -163,14 +147,9 @@ def test_warnings_go_to_the_log_topic(broker, topic, tmp_path) -> None:
     from tests.chunks import produce
 
     log_topic = f"log-{uuid.uuid4().hex[:8]}"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
-log: {{topic: {log_topic}, interval_secs: 0.5, program_id: lab1}}
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {tmp_path / 'out'}}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("mirror", topic, f"save: {{dir: {tmp_path / 'out'}}}"), workers=1,
+                       extra=f"log: {{topic: {log_topic}, interval_secs: 0.5, program_id: lab1}}\n")
     produce(broker.bootstrap, topic, [("bad", b"\x00 not a chunk", 0)])
     log = tmp_path / "daemon.log"
     proc = start_daemon(["run", "--config", str(cfg)], log)

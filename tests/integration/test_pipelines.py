@@ -26,7 +26,7 @@ from omsd.broker import free_port
 from omsd.control.client import ControlClient, DaemonNotRunning
 from omsd.sharding import worker_slot_for
 from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import S3_CREDENTIALS, client_props, write_config
+from tests.conftest import S3_CREDENTIALS, client_props, pipeline, write_config
 from tests.integration.pipeline_funcs import records
 
 
@@ -109,15 +109,13 @@ def test_metadata_and_reproduce_results_are_produced(broker, topic, tmp_path) ->
     files = sample_files(1)
     meta_topic, repro_topic = f"{topic}-meta", f"{topic}-results"
     out = tmp_path / "saved"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: analysis
-    topic: {topic}
-    steps:
-      - metadata: {{function: tests.integration.pipeline_funcs:meta, topic: {meta_topic}}}
-      - save: {{dir: {out}}}
-      - reproduce: {{function: tests.integration.pipeline_funcs:summarize_from_disk, topic: {repro_topic}, mode: disk}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "analysis", topic,
+        f"metadata: {{function: tests.integration.pipeline_funcs:meta, topic: {meta_topic}}}",
+        f"save: {{dir: {out}}}",
+        f"reproduce: {{function: tests.integration.pipeline_funcs:summarize_from_disk, topic: {repro_topic}, "
+        f"mode: disk}}",
+    ), workers=2)
     produce_files(broker.bootstrap, topic, files)
     proc, log = run_daemon(tmp_path, cfg)
     try:
@@ -147,20 +145,14 @@ def test_s3_step_objects_read_back_identical(broker, topic, tmp_path, s3_endpoin
     rng = random.Random(2)
     files = {"scan/large.raw": rng.randbytes(6 * 1024 * 1024 + 123), "scan/small.txt": b"small file\n",
              "root.bin": rng.randbytes(1000)}
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: archive
-    topic: {topic}
-    steps:
-      - s3:
-          bucket: {bucket}
-          endpoint_url: {s3_endpoint}
-          region: {S3_CREDENTIALS["region"]}
-          aws_access_key_id: ${{TEST_S3_KEY}}
-          aws_secret_access_key: ${{TEST_S3_SECRET}}
-          multipart_threshold: 5242880
-          multipart_chunksize: 5242880
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline("archive", topic, f"""s3:
+  bucket: {bucket}
+  endpoint_url: {s3_endpoint}
+  region: {S3_CREDENTIALS["region"]}
+  aws_access_key_id: ${{TEST_S3_KEY}}
+  aws_secret_access_key: ${{TEST_S3_SECRET}}
+  multipart_threshold: 5242880
+  multipart_chunksize: 5242880"""), workers=2)
     produce_files(broker.bootstrap, topic, files, chunk_size=1 << 20)
     proc, log = run_daemon(tmp_path, cfg, {"TEST_S3_KEY": S3_CREDENTIALS["aws_access_key_id"],
                                            "TEST_S3_SECRET": S3_CREDENTIALS["aws_secret_access_key"]})
@@ -182,14 +174,9 @@ def test_exec_runs_a_program_on_the_saved_file(broker, topic, tmp_path) -> None:
     sums.mkdir()
     script = tmp_path / "convert.sh"
     script.write_text('#!/bin/sh\nset -e\nsha256sum < "$1" | cut -d" " -f1 > "$2/$(basename "$1").sha256"\n')
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: convert
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-      - exec: {{argv: [/bin/sh, {script}, "{{path}}", {sums}], timeout: 30}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "convert", topic, f"save: {{dir: {out}}}",
+        f'exec: {{argv: [/bin/sh, {script}, "{{path}}", {sums}], timeout: 30}}'), workers=2)
     produce_files(broker.bootstrap, topic, files)
     proc, log = run_daemon(tmp_path, cfg)
     try:
@@ -205,14 +192,9 @@ def test_match_regex_filters_files(broker, topic, tmp_path) -> None:
     files = {"a/keep_1.dat": b"1" * 5000, "a/skip_1.txt": b"2" * 5000, "b/c/keep_2.dat": b"3" * 70000,
              "skip_2.dat.bak": b"4"}
     record = tmp_path / "record.jsonl"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: dat-only
-    topic: {topic}
-    match: '.*\\.dat$'
-    steps:
-      - call: {{function: tests.integration.pipeline_funcs:record}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "dat-only", topic, "call: {function: tests.integration.pipeline_funcs:record}", match=r"'.*\.dat$'"),
+        workers=2)
     produce_files(broker.bootstrap, topic, files)
     proc, log = run_daemon(tmp_path, cfg, {"OMSD_TEST_RECORD": str(record)})
     try:
@@ -229,17 +211,11 @@ pipelines:
 def test_two_pipelines_on_one_topic_both_run(broker, topic, tmp_path) -> None:
     files = sample_files(4)
     out, meta_topic = tmp_path / "mirror", f"{topic}-meta"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-  - name: catalogue
-    topic: {topic}
-    steps:
-      - metadata: {{function: tests.integration.pipeline_funcs:meta, topic: {meta_topic}}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                       pipeline("catalogue", topic,
+                                f"metadata: {{function: tests.integration.pipeline_funcs:meta, topic: {meta_topic}}}"),
+                       workers=2)
     produce_files(broker.bootstrap, topic, files)
     proc, log = run_daemon(tmp_path, cfg)
     try:
@@ -258,14 +234,9 @@ def test_failing_step_is_retried_listed_and_retried_by_omsctl(broker, topic, tmp
     flag, record = tmp_path / "database-offline", tmp_path / "attempts.jsonl"
     flag.touch()
     files = {"runs/r1/spectrum.csv": b"1,2,3\n" * 1000}
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
-pipelines:
-  - name: ingest
-    topic: {topic}
-    retries: 2
-    steps:
-      - call: {{function: tests.integration.pipeline_funcs:fail_while_flagged}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+        "ingest", topic, "call: {function: tests.integration.pipeline_funcs:fail_while_flagged}", retries=2),
+        workers=1)
     produce_files(broker.bootstrap, topic, files)
     proc, log = run_daemon(tmp_path, cfg, {"OMSD_TEST_FLAG": str(flag), "OMSD_TEST_RECORD": str(record)})
     try:
@@ -346,13 +317,8 @@ def test_cpu_bound_call_runs_on_two_worker_processes_at_once(broker, topic, tmp_
     paths = two_per_slot()
     files = {p: p.encode() * 100 for p in paths}
     record = tmp_path / "cpu.jsonl"
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-pipelines:
-  - name: analyse
-    topic: {topic}
-    steps:
-      - call: {{function: tests.integration.pipeline_funcs:spin}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("analyse", topic, "call: {function: tests.integration.pipeline_funcs:spin}"), workers=2)
     create_topic(broker.bootstrap, topic)
     proc, log = run_daemon(tmp_path, cfg, {"OMSD_TEST_RECORD": str(record)})
     try:

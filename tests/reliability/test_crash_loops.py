@@ -199,6 +199,17 @@ def one_file_daemon(tmp_path: Path, bootstrap: str, topic: str, daemons: list, s
     return daemon
 
 
+def save_record_daemon(tmp_path: Path, bootstrap: str, daemons: list) -> tuple[Daemon, str, Path]:
+    """A one-worker daemon running save → record on a fresh topic; it, its topic and its record file."""
+    topic = f"crash-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "record.txt"
+    steps = """      - save: {{dir: {out}}}
+      - call: {{function: tests.reliability.funcs:record}}
+"""
+    daemon = one_file_daemon(tmp_path, bootstrap, topic, daemons, steps, {"OMSD_TEST_RECORD": str(record)})
+    return daemon, topic, record
+
+
 def test_worker_death_does_not_repeat_finished_steps(module_broker, tmp_path, daemons) -> None:
     topic = f"crash-{uuid.uuid4().hex[:8]}"
     record, started = tmp_path / "record.txt", tmp_path / "started.txt"
@@ -226,13 +237,7 @@ def test_worker_death_does_not_repeat_finished_steps(module_broker, tmp_path, da
 def test_save_killed_midway_leaves_no_temporary_file(module_broker, tmp_path, daemons) -> None:
     """A worker killed while its save step copies leaves a partial temporary file; once the file is handed out
     again and saved, no temporary file is left in the output directory."""
-    topic = f"crash-{uuid.uuid4().hex[:8]}"
-    record = tmp_path / "record.txt"
-    steps = """      - save: {{dir: {out}}}
-      - call: {{function: tests.reliability.funcs:record}}
-"""
-    daemon = one_file_daemon(tmp_path, module_broker.bootstrap, topic, daemons, steps,
-                             {"OMSD_TEST_RECORD": str(record)})
+    daemon, topic, record = save_record_daemon(tmp_path, module_broker.bootstrap, daemons)
     data = random.Random(4).randbytes(96 << 20)
     daemon.start()
     daemon.wait_ready()
@@ -261,13 +266,7 @@ def test_kill_with_finished_files_above_a_held_offset_reruns_none_of_them(module
     """A file still being uploaded holds its partition's committed offset; files after it finish. After kill -9
     and a restart they are read again (they are above the offset) and recognised as done: nothing runs twice,
     and the held file completes once its last chunks arrive."""
-    topic = f"crash-{uuid.uuid4().hex[:8]}"
-    record = tmp_path / "record.txt"
-    steps = """      - save: {{dir: {out}}}
-      - call: {{function: tests.reliability.funcs:record}}
-"""
-    daemon = one_file_daemon(tmp_path, module_broker.bootstrap, topic, daemons, steps,
-                             {"OMSD_TEST_RECORD": str(record)})
+    daemon, topic, record = save_record_daemon(tmp_path, module_broker.bootstrap, daemons)
     rng = random.Random(6)
     held = rng.randbytes(4 << 16)
     held_chunks = chunk_messages("upload/held.dat", held)

@@ -24,7 +24,7 @@ import pytest
 from omsd.broker import EmbeddedBroker, free_port
 from omsd.control.client import ControlClient
 from tests.chunks import REPO, produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import S3_CREDENTIALS, write_config
+from tests.conftest import S3_CREDENTIALS, pipeline, write_config
 from tests.reliability.faults_funcs import recorded
 
 RECORD_STEP = "tests.reliability.faults_funcs:record"
@@ -124,16 +124,9 @@ def test_unwritable_or_full_output_fails_the_step_and_loses_nothing(broker, topi
     out = tmp_path / "out"
     record = tmp_path / "record.tsv"
     with tmpfs(out, "2m"):
-        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 2
-retry_failed_after_secs: 0
-pipelines:
-  - name: mirror
-    topic: {topic}
-    retries: 0
-    steps:
-      - save: {{dir: {out}}}
-      - call: {{function: {RECORD_STEP}}}
-""")
+        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline(
+            "mirror", topic, f"save: {{dir: {out}}}", f"call: {{function: {RECORD_STEP}}}", retries=0),
+            workers=2, extra="retry_failed_after_secs: 0\n")
         rng = random.Random(7)
         read_only = {"ro/a.bin": rng.randbytes(300_000)}
         too_big = {"full/b.bin": rng.randbytes(1_000_000)}
@@ -176,15 +169,9 @@ pipelines:
 def test_failed_files_are_retried_automatically_after_retry_failed_after_secs(broker, topic, tmp_path) -> None:
     out = tmp_path / "out"
     with tmpfs(out, "2m"):
-        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
-retry_failed_after_secs: 2
-pipelines:
-  - name: mirror
-    topic: {topic}
-    retries: 0
-    steps:
-      - save: {{dir: {out}}}
-""")
+        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                           pipeline("mirror", topic, f"save: {{dir: {out}}}", retries=0),
+                           workers=1, extra="retry_failed_after_secs: 2\n")
         files = {"late.bin": random.Random(3).randbytes(200_000)}
         log = tmp_path / "daemon.log"
         with daemon(cfg, log) as proc:
@@ -201,14 +188,8 @@ def test_full_spill_directory_pauses_fetching_and_resumes_with_space(broker, top
     state = tmp_path / "state"
     out = tmp_path / "out"
     with tmpfs(state / "spill", "1m"):
-        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
-staging: {{memory_bytes: 1KiB}}
-pipelines:
-  - name: mirror
-    topic: {topic}
-    steps:
-      - save: {{dir: {out}}}
-""")
+        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                           workers=1, extra="staging: {memory_bytes: 1KiB}\n")
         rng = random.Random(5)
         files = {f"small/s{i}.bin": rng.randbytes(120_000) for i in range(4)}
         files["big.bin"] = rng.randbytes(1_600_000)  # more than the whole spill filesystem
@@ -243,17 +224,9 @@ def test_broker_outage_degrades_then_recovers(tmp_path) -> None:
     first.start()
     before, after = f"before-{uuid.uuid4().hex[:8]}", f"after-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
-    cfg = write_config(tmp_path / "omsd.yaml", first.bootstrap, extra=f"""workers: 1
-pipelines:
-  - name: before
-    topic: {before}
-    steps:
-      - save: {{dir: {out / 'before'}}}
-  - name: after
-    topic: {after}
-    steps:
-      - save: {{dir: {out / 'after'}}}
-""")
+    cfg = write_config(tmp_path / "omsd.yaml", first.bootstrap,
+                       pipeline("before", before, f"save: {{dir: {out / 'before'}}}"),
+                       pipeline("after", after, f"save: {{dir: {out / 'after'}}}"), workers=1)
     rng = random.Random(9)
     first_files = {f"f{i}.bin": rng.randbytes(40_000) for i in range(3)}
     later_files = {f"g{i}.bin": rng.randbytes(40_000) for i in range(3)}
@@ -327,22 +300,13 @@ def test_s3_errors_are_retried_until_the_object_is_there(broker, topic, tmp_path
     up_bucket, late_bucket = f"up-{uuid.uuid4().hex[:10]}", f"late-{uuid.uuid4().hex[:10]}"
     client.create_bucket(Bucket=up_bucket)
     creds = ", ".join(f"{k}: {v}" for k, v in S3_CREDENTIALS.items())
-    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, extra=f"""workers: 1
-retry_failed_after_secs: 0
-pipelines:
-  - name: outage
-    topic: {topic}
-    match: '^outage/'
-    retries: 4
-    steps:
-      - s3: {{bucket: {up_bucket}, prefix: '', endpoint_url: '{s3.url}', {creds}}}
-  - name: nobucket
-    topic: {topic}
-    match: '^nobucket/'
-    retries: 0
-    steps:
-      - s3: {{bucket: {late_bucket}, prefix: '', endpoint_url: '{s3.url}', {creds}}}
-""")
+    cfg = write_config(
+        tmp_path / "omsd.yaml", broker.bootstrap,
+        pipeline("outage", topic, f"s3: {{bucket: {up_bucket}, prefix: '', endpoint_url: '{s3.url}', {creds}}}",
+                 match="'^outage/'", retries=4),
+        pipeline("nobucket", topic, f"s3: {{bucket: {late_bucket}, prefix: '', endpoint_url: '{s3.url}', {creds}}}",
+                 match="'^nobucket/'", retries=0),
+        workers=1, extra="retry_failed_after_secs: 0\n")
     rng = random.Random(13)
     outage = {"outage/a.bin": rng.randbytes(150_000)}
     nobucket = {"nobucket/b.bin": rng.randbytes(150_000)}

@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +37,17 @@ def files_of(n: int, seed: int, long: int = 0) -> dict[str, bytes]:
     files = {f"load{i % 3}/part_{seed}_{i:02d}.dat": rng.randbytes(rng.randint(20_000, 400_000)) for i in range(n)}
     files.update({f"long/scan_{seed}_{i}.long": rng.randbytes(300_000) for i in range(long)})
     return files
+
+
+def ready_daemon(tmp_path: Path, bootstrap: str, daemons: list, workers: int) -> Daemon:
+    """A daemon running STEPS on a fresh topic with ``workers`` workers, started and ready."""
+    topic = f"stop-{uuid.uuid4().hex[:8]}"
+    daemon = Daemon(tmp_path / "d", bootstrap, topic, label="d", steps=STEPS, workers=workers,
+                    env={"OMSD_TEST_RECORD": str(tmp_path / "record.txt")})
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+    return daemon
 
 
 def timed_stop(daemon: Daemon, timeout: float) -> tuple[int, float]:
@@ -113,12 +125,7 @@ def test_sigterm_with_a_step_longer_than_the_timeout_hands_the_file_back(broker,
 
 
 def test_every_worker_obeys_sigterm(broker, tmp_path, daemons) -> None:
-    topic = f"stop-{uuid.uuid4().hex[:8]}"
-    daemon = Daemon(tmp_path / "d", broker.bootstrap, topic, label="d", steps=STEPS, workers=3,
-                    env={"OMSD_TEST_RECORD": str(tmp_path / "record.txt")})
-    daemons.append(daemon)
-    daemon.start()
-    daemon.wait_ready()
+    daemon = ready_daemon(tmp_path, broker.bootstrap, daemons, workers=3)
     pids = [w["pid"] for w in daemon.status()["workers"]]  # type: ignore[index]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
@@ -138,12 +145,7 @@ def alive(pid: int) -> bool:
 
 
 def test_sigterm_right_after_a_worker_death_stops_cleanly(broker, tmp_path, daemons) -> None:
-    topic = f"stop-{uuid.uuid4().hex[:8]}"
-    daemon = Daemon(tmp_path / "d", broker.bootstrap, topic, label="d", steps=STEPS, workers=2,
-                    env={"OMSD_TEST_RECORD": str(tmp_path / "record.txt")})
-    daemons.append(daemon)
-    daemon.start()
-    daemon.wait_ready()
+    daemon = ready_daemon(tmp_path, broker.bootstrap, daemons, workers=2)
     os.kill(daemon.status()["workers"][0]["pid"], signal.SIGKILL)  # type: ignore[index]
     time.sleep(0.1)  # reaped, restart due 0.5 s later
     code, _ = timed_stop(daemon, timeout=30)

@@ -260,29 +260,36 @@ def test_rebalance_while_paused_keeps_consuming(broker, tmp_path, daemons) -> No
     assert b.stop() == 0
 
 
+def handover_daemon(tmp_path: Path, bootstrap: str, topic: str, daemons: list[Daemon], label: str) -> Daemon:
+    """A one-worker daemon of the topic's shared group that records which daemon ran each file."""
+    made = Daemon(tmp_path / label, bootstrap, topic, label=label, steps=STEPS, workers=1, group=f"shared-{topic}",
+                  env={"OMSD_TEST_RECORD": str(tmp_path / "record.txt")})
+    daemons.append(made)
+    return made
+
+
+def big_file_begun_then_small_file(bootstrap: str, topic: str, partitions: int,
+                                   seed: int) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """On partition 0: the first chunk of a big file still being uploaded, then a whole small file.
+    Returns both files' bytes and the big file's chunk messages."""
+    create_topic(bootstrap, topic, partitions=partitions)
+    rng = random.Random(seed)
+    big, small = rng.randbytes(4 << 16), rng.randbytes(1000)
+    big_chunks = chunk_messages("upload/big.dat", big)
+    produce(bootstrap, topic, [(*big_chunks[0], 0), *((k, v, 0) for k, v in chunk_messages("upload/small.dat",
+                                                                                             small))])
+    return big, small, big_chunks
+
+
 def test_graceful_handover_does_not_repeat_finished_files(broker, tmp_path, daemons) -> None:
     topic = f"handover-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "record.txt"
-    env = {"OMSD_TEST_RECORD": str(record)}
-
-    def daemon(label: str) -> Daemon:
-        made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=1,
-                      group=f"shared-{topic}", env=env)
-        daemons.append(made)
-        return made
-
-    create_topic(broker.bootstrap, topic, partitions=4)
-    rng = random.Random(5)
-    big, small = rng.randbytes(4 << 16), rng.randbytes(1000)
-    big_chunks = chunk_messages("upload/big.dat", big)
-    # On one partition: the first chunk of a file still being uploaded, then a whole small file.
-    produce(broker.bootstrap, topic, [(*big_chunks[0], 0), *((k, v, 0) for k, v in chunk_messages("upload/small.dat",
-                                                                                                   small))])
-    a = daemon("a").start()
+    big, small, big_chunks = big_file_begun_then_small_file(broker.bootstrap, topic, 4, seed=5)
+    a = handover_daemon(tmp_path, broker.bootstrap, topic, daemons, "a").start()
     wait_for(lambda: a.saved() == {"upload/small.dat": small}, 30, "A saved the small file", a.proc, a.log)
     assert a.stop(signal.SIGTERM) == 0
     produce(broker.bootstrap, topic, [(k, v, 0) for k, v in big_chunks[1:]])  # the upload goes on
-    b = daemon("b").start()
+    b = handover_daemon(tmp_path, broker.bootstrap, topic, daemons, "b").start()
     wait_for(lambda: b.saved().get("upload/big.dat") == big, 30, "B saved the big file", b.proc, b.log)
     time.sleep(1)
     small_chunks = len(chunk_messages("upload/small.dat", small))
@@ -291,9 +298,9 @@ def test_graceful_handover_does_not_repeat_finished_files(broker, tmp_path, daem
     assert labelled(record).count(("upload/big.dat", "b")) == 1
     assert [who for path, who in labelled(record) if path == "upload/small.dat"] == ["a"], labelled(record)
     # A's record was written for an offset the group has since committed past: it hides nothing new.
-    again = rng.randbytes(1000)
+    again = random.Random(7).randbytes(1000)
     produce(broker.bootstrap, topic, [(k, v, 0) for k, v in chunk_messages("upload/again.dat", again)])
-    c = daemon("c").start()
+    c = handover_daemon(tmp_path, broker.bootstrap, topic, daemons, "c").start()
     wait_for(lambda: c.saved().get("upload/again.dat") == again, 30, "C saved the new file", c.proc, c.log)
     assert c.status()["handover"]["skipped_messages"] == 0
     assert c.stop() == 0
@@ -303,18 +310,8 @@ def test_graceful_handover_does_not_repeat_finished_files(broker, tmp_path, daem
 
 def test_a_killed_daemon_left_progress_for_the_next_owner(broker, tmp_path, daemons) -> None:
     topic = f"handover-kill-{uuid.uuid4().hex[:8]}"
-    record = tmp_path / "record.txt"
-    env = {"OMSD_TEST_RECORD": str(record)}
-    create_topic(broker.bootstrap, topic, partitions=1)
-    rng = random.Random(6)
-    big, small = rng.randbytes(4 << 16), rng.randbytes(1000)
-    big_chunks = chunk_messages("upload/big.dat", big)
-    produce(broker.bootstrap, topic, [(*big_chunks[0], 0), *((k, v, 0) for k, v in chunk_messages("upload/small.dat",
-                                                                                                   small))])
-    a = Daemon(tmp_path / "a", broker.bootstrap, topic, label="a", steps=STEPS, workers=1, env=env,
-               group=f"shared-{topic}")
-    daemons.append(a)
-    a.start()
+    big, small, big_chunks = big_file_begun_then_small_file(broker.bootstrap, topic, 1, seed=6)
+    a = handover_daemon(tmp_path, broker.bootstrap, topic, daemons, "a").start()
     wait_for(lambda: a.saved() == {"upload/small.dat": small}, 30, "A saved the small file", a.proc, a.log)
     # The progress above the held offset is published within seconds while A runs...
     wait_for(lambda: handover_records(broker.bootstrap, f"shared-{topic}", topic), 20, "A published its progress",
@@ -322,14 +319,11 @@ def test_a_killed_daemon_left_progress_for_the_next_owner(broker, tmp_path, daem
     a.kill()  # ...so even a crash leaves it behind
     produce(broker.bootstrap, topic, [(k, v, 0) for k, v in big_chunks[1:]])
     time.sleep(SESSION_TIMEOUT_S + 1)
-    b = Daemon(tmp_path / "b", broker.bootstrap, topic, label="b", steps=STEPS, workers=1, env=env,
-               group=f"shared-{topic}")
-    daemons.append(b)
-    b.start()
+    b = handover_daemon(tmp_path, broker.bootstrap, topic, daemons, "b").start()
     wait_for(lambda: b.saved().get("upload/big.dat") == big, 30, "B saved the big file", b.proc, b.log)
     assert b.stop() == 0
     a.reap_orphans()
-    assert sorted(labelled(record)) == [("upload/big.dat", "b"), ("upload/small.dat", "a")], labelled(record)
+    assert sorted(labelled(tmp_path / "record.txt")) == [("upload/big.dat", "b"), ("upload/small.dat", "a")]
 
 
 def test_a_burst_of_sequentially_named_files_reaches_every_partition(broker, tmp_path) -> None:
