@@ -22,24 +22,26 @@ import time
 from typing import Any
 
 BLOCK = 8 << 20
+MAP_WINDOW = 64 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 EXIT_BOOT_FAILURE = 4  # mirrors omsd.exitcodes.RET_WORKER_BOOT
 
 
 def file_sha512(path: str, size: int) -> bytes:
-    """sha512 of the first ``size`` bytes of a staged file, hashed from a read-only mapping in blocks
-    (no copy into this process; the GIL is released while hashing)."""
+    """sha512 of the first ``size`` bytes of a staged file.
+
+    Hashed straight from read-only mappings (no copy into this process; the GIL
+    is released while hashing), one window at a time, so that the mapped pages
+    of a large file never add up in this process's resident memory.
+    """
     digest = hashlib.sha512()
-    if size <= 0:
-        return digest.digest()
     with open(path, "rb", buffering=0) as handle:
-        available = os.fstat(handle.fileno()).st_size
-        with mmap.mmap(handle.fileno(), min(size, available), access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                for start in range(0, len(view), BLOCK):
-                    digest.update(view[start:start + BLOCK])
-            finally:
-                view.release()
+        end = min(size, os.fstat(handle.fileno()).st_size)
+        for start in range(0, end, MAP_WINDOW):
+            with mmap.mmap(handle.fileno(), min(MAP_WINDOW, end - start), offset=start,
+                           access=mmap.ACCESS_READ) as mapped:
+                with memoryview(mapped) as view:
+                    for block in range(0, len(view), BLOCK):
+                        digest.update(view[block:block + BLOCK])
     return digest.digest()
 
 
