@@ -36,7 +36,6 @@ log = structlog.get_logger(__name__)
 RECORD_VERSION = 1
 MAX_RANGES = 8192  # beyond this the highest ranges are left out: those messages are read again, never lost
 POLL_S = 0.1
-REOPEN_EVERY_S = 30.0
 
 TopicPartitionKey = tuple[str, int]
 
@@ -84,18 +83,17 @@ class HandoverLog:
         self._latest: dict[bytes, Handover] = {}
         self._partitions: list[int] = []
         self.available = False
-        self._opened_at: float | None = None
         self._undelivered = 0
 
     def ready(self) -> bool:
-        """True when records can be read and written; an unavailable topic is tried again now and then."""
-        if not self.available and (self._opened_at is None or time.monotonic() - self._opened_at > REOPEN_EVERY_S):
+        """True when records can be read and written. Called when partitions are assigned (the broker
+        has just answered); an unavailable topic is tried again then."""
+        if not self.available:
             self.open()
         return self.available
 
     def open(self, timeout: float = 10.0) -> bool:
         """Make sure the topic exists and read it; False (logged) when it cannot be used."""
-        self._opened_at = time.monotonic()
         try:
             self._partitions = self._ensure_topic(timeout)
             self._reader.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions])
@@ -109,8 +107,8 @@ class HandoverLog:
 
     def _ensure_topic(self, timeout: float) -> list[int]:
         admin = AdminClient(self._admin_config)
-        # All topics: asking for this one by name would make a broker that auto-creates topics create it
-        # with its default partition count.
+        # From the list of all topics: asking for this one by name would make a broker that auto-creates
+        # topics create it, with its default partition count.
         found = admin.list_topics(timeout=timeout).topics.get(self.topic)
         if found is None or found.error is not None:
             new = NewTopic(self.topic, num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"})
@@ -122,7 +120,7 @@ class HandoverLog:
                     raise
             deadline = time.monotonic() + timeout
             while True:
-                found = admin.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+                found = admin.list_topics(timeout=timeout).topics.get(self.topic)
                 if found is not None and found.error is None and found.partitions:
                     break
                 if time.monotonic() > deadline:

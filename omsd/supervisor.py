@@ -41,7 +41,6 @@ POLL_TIMEOUT_S = 0.1
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
 LAG_EVERY_S = 15.0
-HANDOVER_OPEN_TIMEOUT_S = 5.0
 # Not polling a consumer is safe far below max.poll.interval.ms; past this, its partitions are paused.
 THROTTLE_BEFORE_PAUSE_S = 10.0
 
@@ -86,9 +85,8 @@ class Supervisor:
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
                              pipelines=cfg.pipelines)
+        # Opened when partitions are first assigned: start-up does not wait for the broker.
         self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
-        if self.handover is not None:
-            self.handover.open(timeout=HANDOVER_OPEN_TIMEOUT_S)
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
                                before_revoke=self.finish_revoked, handover=self.handover)

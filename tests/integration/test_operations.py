@@ -14,7 +14,7 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from omsd.broker import free_port
+from omsd.broker import EmbeddedBroker, free_port
 from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import client_props, pipeline, write_config
 
@@ -172,3 +172,25 @@ def test_warnings_go_to_the_log_topic(broker, topic, tmp_path) -> None:
     finally:
         consumer.close()
         assert stop_daemon(proc) == 0
+
+
+def test_the_handover_topic_is_opened_once_the_broker_answers(topic, tmp_path) -> None:
+    port = free_port()
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "omsd.yaml", f"127.0.0.1:{port}", pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                       workers=1)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log)  # no broker yet: start-up does not wait for one
+    try:
+        wait_for(lambda: omsctl("--config", str(cfg), "status").returncode == 0, 30, "the control socket", proc, log)
+        status = json.loads(omsctl("--config", str(cfg), "--json", "status").stdout)
+        assert status["handover"] == {"topic": "omsd.handover", "available": False, "skipped_messages": 0}
+        with EmbeddedBroker(port=port, data_dir=tmp_path / "broker") as late:
+            files = {"a/one.bin": b"1" * 70_000, "two.bin": b"2" * 10}
+            produce_files(late.bootstrap, topic, files)
+            wait_for(lambda: tree(out) == files, 60, "files saved once the broker is up", proc, log)
+            status = json.loads(omsctl("--config", str(cfg), "--json", "status").stdout)
+            assert status["handover"]["available"] is True
+            assert stop_daemon(proc) == 0
+    finally:
+        stop_daemon(proc)
