@@ -307,8 +307,10 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
         raise ConfigError(f"{reader.where(staging, 'verify_chunk_hashes')}: 'verify_chunk_hashes' must be "
                           "on_mismatch or at_intake")
     cfg.staging = StagingConfig(
-        memory_bytes=parse_size(staging.get("memory_bytes", defaults.memory_bytes), reader.where(staging, "memory_bytes")),
-        max_file_bytes=parse_size(staging.get("max_file_bytes", defaults.max_file_bytes), reader.where(staging, "max_file_bytes")),
+        memory_bytes=parse_size(staging.get("memory_bytes", defaults.memory_bytes),
+                                reader.where(staging, "memory_bytes")),
+        max_file_bytes=parse_size(staging.get("max_file_bytes", defaults.max_file_bytes),
+                                  reader.where(staging, "max_file_bytes")),
         expire_incomplete_secs=float(reader.number(staging, "expire_incomplete_secs", defaults.expire_incomplete_secs)),
         verify_chunk_hashes=str(verify),
     )

@@ -2,8 +2,9 @@
 
 Offsets are committed only up to the watermark (see :mod:`omsd.watermark`),
 never automatically; when a partition is given up, what was finished above
-its committed offset is handed to its next owner (see :mod:`omsd.handover`). Under backpressure the consumer pauses its partitions and
-keeps polling, so it stays in its group during a slow analysis.
+its committed offset is handed to its next owner (see :mod:`omsd.handover`).
+Under backpressure the consumer pauses its partitions and keeps polling, so
+it stays in its group during a slow analysis.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class Intake:
                 self.watermarks.consumed(tp, msg.offset())
                 continue
             try:
-                done = self._stage(msg, tp, chunk) if isinstance(chunk, Chunk) else self._refuse(chunk, tp, msg.offset())
+                done = (self._stage(msg, tp, chunk) if isinstance(chunk, Chunk)
+                        else self._refuse(chunk, tp, msg.offset()))
             except StagingFull as exc:
                 # Nothing is lost: re-read from this message once space returns.
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
