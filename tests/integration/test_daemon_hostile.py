@@ -14,7 +14,8 @@ from tests.chunks import chunk_messages, produce, start_daemon, stop_daemon, tre
 from tests.conftest import pipeline, write_config
 
 
-def _value(**overrides) -> bytes:
+def chunk_value(**overrides) -> bytes:
+    """One encoded chunk message of a small valid file, with ``overrides`` of its fields."""
     data = overrides.pop("data", b"payload")
     fields = dict(filename="x.bin", file_hash=hashlib.sha512(data).digest(), data=data, offset=0, chunk_i=1,
                   n_total_chunks=1, subdir_str="")
@@ -34,14 +35,14 @@ def hostile_messages() -> list[tuple[str, bytes | None, str]]:
         ("eleven", msgpack.packb(ten + [1], use_bin_type=True), "bad_shape"),
         ("a-map", msgpack.packb({"filename": "x"}, use_bin_type=True), "bad_shape"),
         ("str-offset", msgpack.packb(ten[:3] + ["0"] + ten[4:], use_bin_type=True), "bad_field"),
-        ("dotdot-subdir", _value(subdir_str="../../escape"), "unsafe_path"),
-        ("dotdot-name", _value(filename=".."), "unsafe_path"),
-        ("absolute", _value(subdir_str="/etc"), "unsafe_path"),
-        ("nul", _value(filename="a\x00b"), "unsafe_path"),
-        ("backslash", _value(subdir_str="a\\..\\..\\b"), "unsafe_path"),
-        ("absurd-n", _value(n_total_chunks=10**15), "too_large"),
-        ("absurd-offset", _value(offset=2**55, n_total_chunks=3), "too_large"),
-        ("i-beyond-n", _value(chunk_i=5, n_total_chunks=3), "bad_range"),
+        ("dotdot-subdir", chunk_value(subdir_str="../../escape"), "unsafe_path"),
+        ("dotdot-name", chunk_value(filename=".."), "unsafe_path"),
+        ("absolute", chunk_value(subdir_str="/etc"), "unsafe_path"),
+        ("nul", chunk_value(filename="a\x00b"), "unsafe_path"),
+        ("backslash", chunk_value(subdir_str="a\\..\\..\\b"), "unsafe_path"),
+        ("absurd-n", chunk_value(n_total_chunks=10**15), "too_large"),
+        ("absurd-offset", chunk_value(offset=2**55, n_total_chunks=3), "too_large"),
+        ("i-beyond-n", chunk_value(chunk_i=5, n_total_chunks=3), "bad_range"),
     ]
 
 

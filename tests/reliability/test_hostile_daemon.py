@@ -36,7 +36,7 @@ from omsd.protocol import encode_chunk
 from omsd.sharding import shard_for
 from tests.chunks import REPO, chunk_messages, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import write_config
-from tests.integration.test_daemon_hostile import hostile_messages
+from tests.integration.test_daemon_hostile import chunk_value, hostile_messages
 from tests.reliability.faults_funcs import recorded
 
 PARTITIONS = 4  # the embedded broker auto-creates topics with four
@@ -197,14 +197,6 @@ def running(root: Path, bootstrap: str, topic: str, verify: str = "on_mismatch")
 
 
 # -- the table -----------------------------------------------------------------------------------------
-def _value(**overrides) -> bytes:
-    data = overrides.pop("data", b"payload")
-    fields = dict(filename="x.bin", file_hash=hashlib.sha512(data).digest(), data=data, offset=0, chunk_i=1,
-                  n_total_chunks=1, subdir_str="")
-    fields.update(overrides)
-    return encode_chunk(**fields)
-
-
 def more_hostile_messages(escape_dir: str) -> list[tuple[str | None, bytes | None, str]]:
     """(key, value, expected reason): beyond the integration table in tests/integration/test_daemon_hostile.py."""
     good = hashlib.sha512(b"payload").digest()
@@ -213,7 +205,7 @@ def more_hostile_messages(escape_dir: str) -> list[tuple[str | None, bytes | Non
     def with_field(i: int, value: object) -> bytes:
         return pack(ten[:i] + [value] + ten[i + 1:])
 
-    valid = _value()
+    valid = chunk_value()
     return [
         # garbage, empties and None keys
         (None, b"\xc1\xc1\xc1", "undecodable"),
@@ -244,26 +236,26 @@ def more_hostile_messages(escape_dir: str) -> list[tuple[str | None, bytes | Non
         ("negative-mtime", with_field(9, -1.0), "bad_field"),
         ("str-mtime", with_field(9, "yesterday"), "bad_field"),
         # paths
-        ("deep-dotdot", _value(subdir_str="x/../../../escape"), "unsafe_path"),
-        ("dotdot-file", _value(filename="../../../escape.bin"), "unsafe_path"),
-        ("slash-file", _value(filename=f"{escape_dir}/abs.bin"), "unsafe_path"),
-        ("abs-subdir", _value(subdir_str=escape_dir), "unsafe_path"),
-        ("dot-subdir", _value(subdir_str="./x"), "unsafe_path"),
-        ("empty-component", _value(subdir_str="a//b"), "unsafe_path"),
-        ("trailing-slash", _value(subdir_str="a/"), "unsafe_path"),
-        ("empty-filename", _value(filename=""), "unsafe_path"),
-        ("nul-subdir", _value(subdir_str="a\x00b"), "unsafe_path"),
-        ("backslash-file", _value(filename="..\\..\\escape.bin"), "unsafe_path"),
-        ("long-component", _value(filename="n" * 256), "unsafe_path"),
-        ("long-path", _value(subdir_str="/".join(["d" * 200] * 21)), "unsafe_path"),
-        ("append-escape", _value(filename_append="/../../../escape"), "unsafe_path"),
-        ("append-nul", _value(filename_append="\x00"), "unsafe_path"),
+        ("deep-dotdot", chunk_value(subdir_str="x/../../../escape"), "unsafe_path"),
+        ("dotdot-file", chunk_value(filename="../../../escape.bin"), "unsafe_path"),
+        ("slash-file", chunk_value(filename=f"{escape_dir}/abs.bin"), "unsafe_path"),
+        ("abs-subdir", chunk_value(subdir_str=escape_dir), "unsafe_path"),
+        ("dot-subdir", chunk_value(subdir_str="./x"), "unsafe_path"),
+        ("empty-component", chunk_value(subdir_str="a//b"), "unsafe_path"),
+        ("trailing-slash", chunk_value(subdir_str="a/"), "unsafe_path"),
+        ("empty-filename", chunk_value(filename=""), "unsafe_path"),
+        ("nul-subdir", chunk_value(subdir_str="a\x00b"), "unsafe_path"),
+        ("backslash-file", chunk_value(filename="..\\..\\escape.bin"), "unsafe_path"),
+        ("long-component", chunk_value(filename="n" * 256), "unsafe_path"),
+        ("long-path", chunk_value(subdir_str="/".join(["d" * 200] * 21)), "unsafe_path"),
+        ("append-escape", chunk_value(filename_append="/../../../escape"), "unsafe_path"),
+        ("append-nul", chunk_value(filename_append="\x00"), "unsafe_path"),
         # ranges
-        ("n-total-zero", _value(n_total_chunks=0), "bad_range"),
-        ("chunk-i-zero", _value(chunk_i=0), "bad_range"),
-        ("negative-offset", _value(offset=-1, n_total_chunks=2), "bad_range"),
-        ("empty-second-chunk", _value(data=b"", chunk_i=1, n_total_chunks=2), "bad_range"),
-        ("offset-past-limit", _value(offset=MAX_FILE, n_total_chunks=2), "too_large"),
+        ("n-total-zero", chunk_value(n_total_chunks=0), "bad_range"),
+        ("chunk-i-zero", chunk_value(chunk_i=0), "bad_range"),
+        ("negative-offset", chunk_value(offset=-1, n_total_chunks=2), "bad_range"),
+        ("empty-second-chunk", chunk_value(data=b"", chunk_i=1, n_total_chunks=2), "bad_range"),
+        ("offset-past-limit", chunk_value(offset=MAX_FILE, n_total_chunks=2), "too_large"),
         ("offset-2^63", with_field(3, 2**63), "too_large"),
         ("n-total-2^64-1", with_field(5, 2**64 - 1), "too_large"),
     ]
