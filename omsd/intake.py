@@ -338,9 +338,12 @@ class Intake:
         progress = {}
         for tp in tps:
             found = self.watermarks.progress(tp)
-            if found is not None and (wait or self._published.get(tp) != (found[0], found[1].flat())):
+            if found is None:
+                continue
+            published = (found[0], found[1].flat())
+            if wait or self._published.get(tp) != published:
                 progress[tp] = found
-                self._published[tp] = (found[0], found[1].flat())
+                self._published[tp] = published
         if progress:
             self.handover.publish(self.group_id, progress, wait=wait)
             (log.info if wait else log.debug)("handover published", group=self.group_id,

@@ -67,12 +67,9 @@ class Watermarks:
         safe = self.safe(tp)
         if safe is None:
             return  # a partition we no longer own
-        above = [o for o in offsets if o >= safe]
+        above = [o for o in offsets if o >= safe]  # those below are passed by the next commit anyway
         if above:
             self._done.setdefault(tp, OffsetRanges()).add_offsets(above)
-        done = self._done.get(tp)
-        if done is not None:
-            done.drop_below(safe)
 
     def inherit(self, tp: TopicPartition, committed: int, done: OffsetRanges) -> None:
         """The previous owner of ``tp`` finished ``done`` above ``committed``, where we start reading."""
