@@ -3,7 +3,9 @@
 A :class:`DataFile` points at the staged bytes of one reassembled file (a
 shared-memory file under ``/dev/shm`` or a spill file on disk; only its first
 ``size`` bytes belong to the file) and, once a ``save`` step has run, at the
-saved copy (:attr:`DataFile.full_filepath`). Its read-only attributes follow
+saved copy (:attr:`DataFile.full_filepath`). Reading the content always reads
+the staged bytes (verified, in memory while the budget allows, and the same
+bytes the saved copy holds). Its read-only attributes follow
 the names OpenMSIStream's ``DownloadDataFile`` gives user code (``filename``,
 ``subdir_str``, ``relative_filepath``, ``filepath``, ``full_filepath``,
 ``bytestring``, ``check_file_hash``), so existing processing functions work
@@ -215,17 +217,17 @@ class DataFile:
                 data = handle.read(self._size) if self._size else b""
             if len(data) != self._size:
                 raise OSError(
-                    f"{self._source()}: expected {self._size} bytes, could read only {len(data)}"
+                    f"{self._staged_path}: expected {self._size} bytes, could read only {len(data)}"
                 )
             self._bytestring = data
         return self._bytestring
 
     def open(self) -> BinaryIO:
-        """Open the file for reading: the saved copy if any, else the staged bytes.
+        """Open the file's content (the staged bytes) for reading.
 
         The stream is seekable and ends after ``size`` bytes.
         """
-        raw = _BoundedFile(self._source(), self._size)
+        raw = _BoundedFile(self._staged_path, self._size)
         return io.BufferedReader(raw, buffer_size=1024 * 1024)  # type: ignore[return-value]
 
     def iter_blocks(self, block: int = DEFAULT_BLOCK) -> Iterator[bytes]:
@@ -242,11 +244,6 @@ class DataFile:
     def release(self) -> None:
         """Drop the cached :attr:`bytestring`, if any."""
         self._bytestring = None
-
-    def _source(self) -> str:
-        if self._full_filepath is not None:
-            return os.fspath(self._full_filepath)
-        return self._staged_path
 
     def __repr__(self) -> str:
         return (

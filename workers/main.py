@@ -14,34 +14,32 @@ confluent_kafka. Talks to the supervisor over one duplex pipe:
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import signal
 import sys
 import time
 from typing import Any
 
+from workers.mapped import for_each_window
+
 BLOCK = 8 << 20
-MAP_WINDOW = 64 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 EXIT_BOOT_FAILURE = 4  # mirrors omsd.exitcodes.RET_WORKER_BOOT
 
 
 def file_sha512(path: str, size: int) -> bytes:
     """sha512 of the first ``size`` bytes of a staged file.
 
-    Hashed straight from read-only mappings (no copy into this process; the GIL
-    is released while hashing), one window at a time, so that the mapped pages
-    of a large file never add up in this process's resident memory.
+    Hashed straight from read-only mappings, one window at a time (no copy into
+    this process; the GIL is released while hashing).
     """
     digest = hashlib.sha512()
+
+    def visit(_offset: int, view: memoryview) -> None:
+        for block in range(0, len(view), BLOCK):
+            digest.update(view[block:block + BLOCK])
+
     with open(path, "rb", buffering=0) as handle:
-        end = min(size, os.fstat(handle.fileno()).st_size)
-        for start in range(0, end, MAP_WINDOW):
-            with mmap.mmap(handle.fileno(), min(MAP_WINDOW, end - start), offset=start,
-                           access=mmap.ACCESS_READ) as mapped:
-                with memoryview(mapped) as view:
-                    for block in range(0, len(view), BLOCK):
-                        digest.update(view[block:block + BLOCK])
+        for_each_window(handle.fileno(), size, visit)
     return digest.digest()
 
 

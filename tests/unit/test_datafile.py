@@ -98,15 +98,17 @@ def test_iter_blocks(tmp_path: Path) -> None:
         list(df.iter_blocks(block=0))
 
 
-def test_open_prefers_saved_copy(tmp_path: Path) -> None:
+def test_content_is_read_from_staging_after_a_save(tmp_path: Path) -> None:
+    """A saved copy changes where the file is (filepath), not what its content is read from."""
     df = make(tmp_path, b"staged")
     saved = tmp_path / "saved.dat"
-    saved.write_bytes(b"SAVED!")
+    saved.write_bytes(b"edited")
     df.full_filepath = str(saved)
     assert df.full_filepath == saved
     assert df.filepath == saved
     with df.open() as handle:
-        assert handle.read() == b"SAVED!"
+        assert handle.read() == b"staged"
+    assert df.bytestring == b"staged"
 
 
 def test_size_must_be_non_negative_int(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from workers.steps import STEP_KINDS, build_step
 from workers.steps.base import StepConfigError, StepContext, StepFailed, load_function, result_key
 from workers.steps.call import FunctionReturnedError
 from workers.steps.exec import ExecFailed
+import workers.mapped as mapped
+import workers.steps.save as save_module
 from workers.steps.save import TEMP_PREFIX, copy_range, save_datafile
 
 F = "tests.unit.stepfuncs:"
@@ -214,6 +216,91 @@ def test_copy_range_falls_back_when_kernel_refuses(tmp_path: Path, monkeypatch: 
     assert (tmp_path / "dst").read_bytes() == content
 
 
+def _direct_io_works(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+@pytest.mark.parametrize("size", [8192, 8192 + 17, 5 * 65536 + 4096 * 3 + 1000, 65536 * 3])
+def test_save_direct_io_across_windows_and_a_partial_last_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  size: int) -> None:
+    """Whole blocks go through O_DIRECT from mapped windows, the tail through the page cache."""
+    if not _direct_io_works(tmp_path):
+        pytest.skip("this file system does not do direct I/O")
+    monkeypatch.setattr(save_module, "DIRECT_MIN", 4096)
+    monkeypatch.setattr(mapped, "MAP_WINDOW", max(65536, __import__("mmap").ALLOCATIONGRANULARITY))
+
+    def no_buffered(*_args):
+        raise AssertionError("the buffered copy must not be used")
+
+    monkeypatch.setattr(save_module, "write_buffered", no_buffered)
+    content = os.urandom(size)
+    df = make_datafile(tmp_path / "stage", content)
+    path = step("save", {"dir": str(tmp_path / "out")}).run(ctx_for(df)) or df.full_filepath
+    assert path.read_bytes() == content
+    assert path.stat().st_mtime == pytest.approx(MTIME, abs=1e-3)
+    assert [p.name for p in path.parent.iterdir()] == ["a.dat"]
+
+
+@pytest.mark.parametrize("refusal", ["open", "write"])
+def test_save_falls_back_to_the_page_cache_when_direct_io_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     refusal: str) -> None:
+    import errno
+
+    monkeypatch.setattr(save_module, "DIRECT_MIN", 4096)
+    real_open, real_pwrite_all = os.open, save_module.pwrite_all
+    refused = []
+
+    def open_refusing_direct(path, flags, *args):
+        if flags & os.O_DIRECT and refusal == "open":
+            refused.append(path)
+            raise OSError(errno.EINVAL, "no direct I/O here")
+        return real_open(path, flags, *args)
+
+    def pwrite_refusing_direct(fd, view, offset):
+        if refusal == "write" and not refused:
+            refused.append(fd)
+            real_pwrite_all(fd, view[:100], offset)  # something half-written first
+            raise OSError(errno.EINVAL, "misaligned")
+        real_pwrite_all(fd, view, offset)
+
+    monkeypatch.setattr(save_module.os, "open", open_refusing_direct)
+    monkeypatch.setattr(save_module, "pwrite_all", pwrite_refusing_direct)
+    content = os.urandom(3 * 4096 + 5)
+    df = make_datafile(tmp_path / "stage", content)
+    path = save_datafile(df, tmp_path / "out")
+    assert refused
+    assert path.read_bytes() == content
+    assert [p.name for p in path.parent.iterdir()] == ["a.dat"]
+
+
+def test_save_direct_io_false_uses_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(save_module, "DIRECT_MIN", 1)
+
+    def no_direct(*_args):
+        raise AssertionError("direct I/O must not be used")
+
+    monkeypatch.setattr(save_module, "write_direct", no_direct)
+    content = os.urandom(20_000)
+    df = make_datafile(tmp_path / "stage", content)
+    step("save", {"dir": str(tmp_path / "out"), "direct_io": False}).run(ctx_for(df))
+    assert df.full_filepath.read_bytes() == content
+
+
+def test_save_of_a_short_staging_file_fails_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(save_module, "DIRECT_MIN", 4096)
+    content = os.urandom(3 * 4096)
+    df = make_datafile(tmp_path / "stage", content)
+    Path(df.staged_path).write_bytes(content[:5000])  # the staging file lost bytes
+    with pytest.raises(OSError, match="source ended after"):
+        save_datafile(df, tmp_path / "out")
+    assert list((tmp_path / "out" / "run1" / "scans").iterdir()) == []
+
+
 # ---------------------------------------------------------------- metadata
 
 def test_metadata_sends_json_under_openmsistream_key(tmp_path: Path) -> None:
@@ -392,6 +479,7 @@ BAD_OPTIONS = [
     ("call", {"function": F + "NOT_CALLABLE"}, "not callable"),
     ("call", {"function": "tests.unit.no_such_module:f"}, "no module named"),
     ("call", {"function": F + "call_ok", "extra": 1}, "unknown option"),
+    ("save", {"dir": "/x", "direct_io": "yes"}, "'direct_io' must be a boolean"),
     ("exec", {}, "missing required option 'argv'"),
     ("exec", {"argv": "/bin/true"}, "'argv' must be a list"),
     ("exec", {"argv": []}, "must name a program"),

@@ -9,11 +9,12 @@ import os
 import pytest
 
 import workers.main as worker
+import workers.mapped as mapped
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 3 * 8192 + 5, 5 * 8192])
 def test_file_sha512_across_windows(tmp_path, monkeypatch, size: int) -> None:
-    monkeypatch.setattr(worker, "MAP_WINDOW", 2 * mmap.ALLOCATIONGRANULARITY)
+    monkeypatch.setattr(mapped, "MAP_WINDOW", 2 * mmap.ALLOCATIONGRANULARITY)
     monkeypatch.setattr(worker, "BLOCK", 3000)  # blocks that do not divide the window
     data = os.urandom(size)
     path = tmp_path / "staged"

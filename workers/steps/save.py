@@ -1,15 +1,23 @@
 """The ``save`` step: write the file to ``dir/subdir/filename``, atomically.
 
-The bytes are copied from the staging file into a temporary file in the
-target directory (``copy_file_range`` or ``sendfile`` where the kernel
-allows, plain reads and writes otherwise), fsynced, given the uploader's
-mtime, and renamed over the target. A reader never sees a partial file, and
-running the step again rewrites identical content.
+The bytes go from the staging file into a temporary file in the target
+directory, which is fsynced, given the uploader's mtime, and renamed over the
+target. A reader never sees a partial file, and running the step again
+rewrites identical content.
+
+Files of a MiB or more are written with direct I/O (``O_DIRECT``) straight from
+a read-only mapping of the staged bytes: the disk reads them from shared
+memory, and no CPU time goes into copying them into the page cache (on a small
+machine that copy costs about half as much CPU as the sha512). Where the file
+system refuses direct I/O, or with ``direct_io: false``, the bytes are copied
+through the page cache (``copy_file_range`` or ``sendfile`` where the kernel
+allows, plain reads and writes otherwise).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -18,12 +26,16 @@ import structlog
 
 from omsd.paths import resolve_under, safe_relative_path
 from workers.datafile import DataFile
+from workers.mapped import for_each_window
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext
 
 log = structlog.get_logger(__name__)
 
 COPY_BLOCK = 64 * 1024 * 1024
 TEMP_PREFIX = ".omsd-tmp-"
+DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: whole logical blocks (4096 also covers 512-byte ones)
+DIRECT_MIN = 1 << 20  # below this, direct I/O saves too little to be worth a synchronous disk write
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM}
 
 
@@ -39,11 +51,15 @@ def _copy_with(method: str, src: int, dst: int, offset: int, count: int) -> int:
     if method == "sendfile":
         return os.sendfile(dst, src, offset, count)
     data = os.pread(src, count, offset)
-    view = memoryview(data)
+    pwrite_all(dst, memoryview(data), offset)
+    return len(data)
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """Write all of ``view`` at ``offset`` of ``fd`` (``pwrite`` may write less than asked)."""
     written = 0
     while written < len(view):
-        written += os.pwrite(dst, view[written:], offset + written)
-    return written
+        written += os.pwrite(fd, view[written:], offset + written)
 
 
 def copy_range(src: int, dst: int, size: int, block: int = COPY_BLOCK, methods: list[str] | None = None) -> None:
@@ -84,7 +100,61 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
+class _DirectRefused(Exception):
+    """The file system will not do direct I/O for this file."""
+
+
+def write_direct(src: int, temp: Path, size: int) -> bool:
+    """Write bytes ``[0, size)`` of ``src`` into a new file ``temp`` with O_DIRECT, and fsync it.
+
+    The whole blocks go straight from a mapping of ``src`` to the disk; the last
+    partial block goes through the page cache. Returns False when the file
+    system refuses direct I/O (``temp`` may then exist, truncated or partial).
+    """
+    try:
+        dst = os.open(temp, _WRITE_FLAGS | os.O_DIRECT, 0o666)
+    except OSError as exc:
+        if exc.errno in _FALLBACK_ERRNOS:
+            return False
+        raise
+    aligned = size - size % DIRECT_ALIGN
+
+    def visit(offset: int, view: memoryview) -> None:
+        direct = max(0, min(len(view), aligned - offset))
+        try:
+            pwrite_all(dst, view[:direct], offset)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # alignment the device does not accept
+                raise _DirectRefused from exc
+            raise
+        if direct < len(view):
+            fcntl.fcntl(dst, fcntl.F_SETFL, fcntl.fcntl(dst, fcntl.F_GETFL) & ~os.O_DIRECT)
+            pwrite_all(dst, view[direct:], offset + direct)
+
+    try:
+        copied = for_each_window(src, size, visit)
+        if copied < size:
+            raise OSError(errno.EIO, f"source ended after {copied} of {size} bytes")
+        os.fsync(dst)
+    except _DirectRefused:
+        return False
+    finally:
+        os.close(dst)
+    return True
+
+
+def write_buffered(src: int, temp: Path, size: int) -> None:
+    """Copy bytes ``[0, size)`` of ``src`` into a new file ``temp`` through the page cache, and fsync it."""
+    dst = os.open(temp, _WRITE_FLAGS, 0o666)
+    try:
+        copy_range(src, dst, size)
+        os.ftruncate(dst, size)
+        os.fsync(dst)
+    finally:
+        os.close(dst)
+
+
+def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: bool = True) -> Path:
     """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path."""
     target = target_path(datafile, root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +164,10 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     # One name per target: a copy left behind by a worker killed mid-save is overwritten (then renamed
     # away) when the file is handed out again; a path is only ever saved by one worker at a time.
     temp = target.parent / f"{TEMP_PREFIX}{hashlib.blake2b(target.name.encode('utf-8', 'surrogateescape'), digest_size=8).hexdigest()}"
-    source = datafile.full_filepath if datafile.full_filepath is not None else datafile.staged_path
-    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    src = os.open(datafile.staged_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
-            copy_range(src, dst, datafile.size)
-            os.ftruncate(dst, datafile.size)
-            os.fsync(dst)
-        finally:
-            os.close(dst)
+        if not (direct_io and datafile.size >= DIRECT_MIN and write_direct(src, temp, datafile.size)):
+            write_buffered(src, temp, datafile.size)
         if datafile.file_mtime is not None:
             os.utime(temp, (datafile.file_mtime, datafile.file_mtime))
         os.replace(temp, target)
@@ -122,10 +186,10 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
 
 
 class SaveStep(Step):
-    """``save: {dir}`` — keep a copy of the file under ``dir``."""
+    """``save: {dir, direct_io?}`` — keep a copy of the file under ``dir``."""
 
     kind = "save"
-    OPTIONS = {"dir": Option((str,), required=True)}
+    OPTIONS = {"dir": Option((str,), required=True), "direct_io": Option((bool,), default=True)}
 
     def __init__(self, options: dict | None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -138,7 +202,7 @@ class SaveStep(Step):
         return True
 
     def run(self, ctx: StepContext) -> list[OutboundMessage]:
-        save_datafile(ctx.datafile, self.root)
+        save_datafile(ctx.datafile, self.root, direct_io=self.options["direct_io"])
         return []
 
     def restore(self, ctx: StepContext) -> None:
