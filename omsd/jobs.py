@@ -119,7 +119,7 @@ class FileJobs:
             "done": self.registry.done_steps(job.record_id),
             "chunks": job.assembly.chunk_table() if job.assembly is not None else [],
         }
-        self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, payload=payload))
+        self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, payload=payload, size=job.size))
 
     # -- worker reports ------------------------------------------------------------------------------
     def on_step(self, task_id: int, outcome: dict) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from omsd.backpressure import Backlog
 from omsd.sharding import worker_slot_for
 from omsd.states import ProcessState
 from workers.main import EXIT_BOOT_FAILURE, worker_main
@@ -37,6 +38,7 @@ class Task:
     task_id: int
     relative_path: str
     payload: dict  # what the worker receives
+    size: int = 0  # staged bytes
     deaths: int = 0
 
 
@@ -144,6 +146,11 @@ class WorkerPool:
 
     def pending(self) -> int:
         return sum(len(s.queue) + (1 if s.current else 0) for s in self.slots)
+
+    def backlog(self) -> Backlog:
+        """Files running or waiting, per slot, and their staged size."""
+        tasks = [[*s.queue, *([s.current] if s.current else [])] for s in self.slots]
+        return Backlog(per_worker=tuple(len(t) for t in tasks), size_bytes=sum(t.size for ts in tasks for t in ts))
 
     def dispatch(self) -> None:
         """Give each idle, running worker the next task of its slot."""

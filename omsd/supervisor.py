@@ -18,6 +18,7 @@ import structlog
 from confluent_kafka import KafkaError
 
 from omsd import exitcodes
+from omsd.backpressure import drained, saturated
 from omsd.config import Config, PipelineConfig
 from omsd.control.handlers import build_handlers, health
 from omsd.control.server import ControlServer
@@ -312,15 +313,15 @@ class Supervisor:
     def _apply_backpressure(self, intake: Intake) -> None:
         if self.state is not DaemonState.RUNNING:
             return
-        limit = max(4, 4 * len(self.pool.slots))
-        pending = self.pool.pending()
+        backlog = self.pool.backlog()
+        budget = self.config.staging.memory_bytes
         now = time.monotonic()
-        if pending >= limit:
+        if saturated(backlog, budget):
             if intake.throttled_since is None:
                 intake.throttled_since = now  # stop polling for a moment
             elif now - intake.throttled_since > THROTTLE_BEFORE_PAUSE_S:
                 intake.pause("workers_busy")  # a slow analysis: pause, and poll again to stay in the group
-        elif pending <= limit // 2:
+        elif drained(backlog, budget):
             intake.throttled_since = None
             intake.resume("workers_busy")
 
