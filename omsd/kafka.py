@@ -23,6 +23,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.max.bytes": MAX_MESSAGE_BYTES,
     "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
     "receive.message.max.bytes": MAX_MESSAGE_BYTES + (1 << 20),
+    # While the workers catch up the supervisor stops consuming and librdkafka's prefetch queue fills up;
+    # librdkafka then postpones each partition's next fetch by this long (default 1000 ms), which left the
+    # whole pipeline idle for up to a second after every catch-up.
+    "fetch.queue.backoff.ms": 20,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
