@@ -167,28 +167,59 @@ def raw_consumer_main(bootstrap: str, topic: str, group_id: str, expected_messag
 
 
 class Verifier:
-    """Watches an output directory; a file counts once its sha512 matches the source."""
+    """Watches an output directory and says when every file was complete with the source's content.
+
+    :meth:`observe` is cheap (one ``stat`` per pending file) and remembers when each version of a
+    file (size, mtime, inode) was first seen at the source's size. :meth:`verify` hashes the newest
+    version seen, and a file counts as complete from the moment that version was first seen, provided
+    its sha512 matches the source's and the file did not change while it was hashed. The hashing can
+    therefore lag behind (it runs at low priority) without adding to the measured time.
+    """
 
     def __init__(self, out_dir: Path, files: list[SourceFile]) -> None:
         self.out_dir = out_dir
         self.pending = {f.relative_path: f for f in files}
-        self.tried: dict[str, tuple[int, int]] = {}
+        self.seen: dict[str, tuple[tuple[int, int, int], float]] = {}  # newest version and when first seen
+        self.complete_at: dict[str, float] = {}
+        self.tried: dict[str, tuple[int, int, int]] = {}
+        self.lock = threading.Lock()
 
-    def check(self) -> bool:
-        """Hash every file that reached its size since the last look; True when all match."""
-        for rel, source in list(self.pending.items()):
-            path = self.out_dir / rel
-            try:
-                st = path.stat()
-            except FileNotFoundError:
+    def _stamp(self, rel: str) -> tuple[int, int, int] | None:
+        try:
+            st = (self.out_dir / rel).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def observe(self) -> None:
+        """Note the time at which each file's current version was first seen at full size."""
+        now = time.monotonic()
+        with self.lock:
+            pending = [rel for rel in self.pending if rel not in self.complete_at]
+        for rel in pending:
+            stamp = self._stamp(rel)
+            if stamp is None or stamp[0] != self.pending[rel].size:
                 continue
-            stamp = (st.st_size, st.st_mtime_ns)
-            if st.st_size != source.size or self.tried.get(rel) == stamp:
-                continue
+            with self.lock:
+                if self.seen.get(rel, (None,))[0] != stamp:
+                    self.seen[rel] = (stamp, now)
+
+    def verify(self) -> bool:
+        """Hash each file's newest version not hashed yet; True once every file is complete."""
+        with self.lock:
+            candidates = [(rel, *self.seen[rel]) for rel in self.pending
+                          if rel in self.seen and rel not in self.complete_at and self.tried.get(rel) != self.seen[rel][0]]
+        for rel, stamp, first_seen in candidates:
             self.tried[rel] = stamp
-            if sha512_file(path) == source.sha512:
-                del self.pending[rel]
-        return not self.pending
+            ok = sha512_file(self.out_dir / rel) == self.pending[rel].sha512
+            if ok and self._stamp(rel) == stamp:
+                with self.lock:
+                    self.complete_at[rel] = first_seen
+        with self.lock:
+            return len(self.complete_at) == len(self.pending)
+
+    def finished_at(self) -> float:
+        return max(self.complete_at.values())
 
 
 def sha512_file(path: Path, block: int = 8 << 20) -> bytes:
@@ -213,20 +244,20 @@ class Timing:
 
 def wait_verified(proc: subprocess.Popen, verifier: Verifier, started: float, timeout: float, what: str,
                   log_path: Path) -> float:
-    """Seconds from ``started`` until ``verifier`` is satisfied; raises if the process dies or time runs out.
+    """Seconds from ``started`` until every file was complete (see :class:`Verifier`).
 
-    The checking (hashing) runs in a thread at the lowest CPU priority, so that on a small machine it
-    takes CPU only when the program under test leaves some; the clock stops when the last file matches.
+    Raises if the process dies or time runs out first. This thread observes the output every
+    ``POLL_S``; the hashing runs in a second thread at the lowest CPU priority, so that on a small
+    machine it takes CPU only when the program under test leaves some, and it may finish after the
+    program did without changing the result.
     """
     done = threading.Event()
     stop = threading.Event()
-    finished_at: list[float] = []
 
     def check() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
         while not stop.is_set():
-            if verifier.check():
-                finished_at.append(time.monotonic())
+            if verifier.verify():
                 done.set()
                 return
             stop.wait(POLL_S)
@@ -236,16 +267,17 @@ def wait_verified(proc: subprocess.Popen, verifier: Verifier, started: float, ti
     deadline = started + timeout
     try:
         while not done.wait(POLL_S):
+            verifier.observe()
             if proc.poll() is not None and not done.wait(5):
                 raise RuntimeError(f"{what} exited with {proc.returncode} before all files were verified; "
                                    f"log: {log_path}\n{tail(log_path)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: {len(verifier.pending)} files not verified after {timeout:.0f} s; "
-                                   f"log: {log_path}\n{tail(log_path)}")
+                raise RuntimeError(f"{what}: {len(verifier.pending) - len(verifier.complete_at)} files not verified "
+                                   f"after {timeout:.0f} s; log: {log_path}\n{tail(log_path)}")
     finally:
         stop.set()
         thread.join()
-    return finished_at[0] - started
+    return verifier.finished_at() - started
 
 
 def tail(path: Path, n: int = 3000) -> str:
