@@ -172,8 +172,10 @@ class Verifier:
     :meth:`observe` is cheap (one ``stat`` per pending file) and remembers when each version of a
     file (size, mtime, inode) was first seen at the source's size. :meth:`verify` hashes the newest
     version seen, and a file counts as complete from the moment that version was first seen, provided
-    its sha512 matches the source's and the file did not change while it was hashed. The hashing can
-    therefore lag behind (it runs at low priority) without adding to the measured time.
+    its sha512 matches the source's and the file did not change while it was hashed. The hashing
+    therefore waits until every file has been seen at full size and may finish after the program did,
+    without adding to the measured time. (A program that writes a file in place can reach the full
+    size before the last write; the version seen then fails the hash, and the final one counts.)
     """
 
     def __init__(self, out_dir: Path, files: list[SourceFile]) -> None:
@@ -205,8 +207,14 @@ class Verifier:
                     self.seen[rel] = (stamp, now)
 
     def verify(self) -> bool:
-        """Hash each file's newest version not hashed yet; True once every file is complete."""
+        """Hash each file's newest version not hashed yet; True once every file is complete.
+
+        Nothing is hashed before every file has been seen at full size: until then the program
+        under test is still working, and the hashing would take CPU time from it.
+        """
         with self.lock:
+            if len(self.seen) < len(self.pending):
+                return False
             candidates = [(rel, *self.seen[rel]) for rel in self.pending
                           if rel in self.seen and rel not in self.complete_at and self.tried.get(rel) != self.seen[rel][0]]
         for rel, stamp, first_seen in candidates:
