@@ -10,6 +10,7 @@ short machine-readable ``reason`` and a human ``detail``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -56,11 +57,21 @@ class Chunk:
     @property
     def relative_path(self) -> str:
         """The file's path relative to the upload root, posix style."""
-        return str(PurePosixPath(self.subdir_str, self.filename)) if self.subdir_str else self.filename
+        return relative_path(self.subdir_str, self.filename)
 
     @property
     def end(self) -> int:
         return self.offset + len(self.data)
+
+
+# Every chunk of a file names the same path: check it once (only safe paths are cached).
+_checked_path = functools.lru_cache(maxsize=4096)(safe_relative_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def relative_path(subdir_str: str, filename: str) -> str:
+    """``subdir_str/filename``, posix style (asked for several times per chunk, hence cached)."""
+    return str(PurePosixPath(subdir_str, filename)) if subdir_str else filename
 
 
 def message_prepend(subdir_str: str, filename: str) -> str:
@@ -188,13 +199,13 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
     if not data and (n_total != 1 or offset != 0):
         raise ProtocolError("bad_range", "empty chunk data is only valid as the one chunk, at offset 0, of an empty file")
     try:
-        safe_relative_path(subdir_str, filename)
+        _checked_path(subdir_str, filename)
     except UnsafePathError as exc:
         raise ProtocolError("unsafe_path", str(exc)) from exc
     if filename_append:
         # The saved name is stem + filename_append + suffix: the same characters and length as this.
         try:
-            safe_relative_path(subdir_str, filename + filename_append)
+            _checked_path(subdir_str, filename + filename_append)
         except UnsafePathError as exc:
             raise ProtocolError("unsafe_path", f"with filename_append: {exc}") from exc
     chunk = Chunk(
