@@ -314,6 +314,7 @@ class Intake:
             return
         self._last_commit = now
         tps = only if only is not None else self.assigned
+        self.registry.sync()  # the outcomes behind these offsets must be durable before they are committed
         if force:
             self._hand_over(tps, wait=True)
         elif now - self._last_handover >= HANDOVER_EVERY_S:

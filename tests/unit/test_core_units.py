@@ -119,6 +119,33 @@ def test_assembly_rejects_inconsistent_totals_and_bounds_estimates(staging) -> N
     assert estimate_size(first[2], 1 << 20) == 3000
 
 
+def test_registry_sync_fsyncs_the_wal_once_per_batch_of_changes(tmp_path, monkeypatch) -> None:
+    import omsd.registry as registry_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    registry = Registry(tmp_path / "r.sqlite")
+    monkeypatch.setattr(registry_module.os, "fsync", counting_fsync)
+    record = registry.register("t", "a.txt", "aa", 1)
+    registry.record_step(record.id, "p", 0, "save", "done", 1, None, 0.1)
+    registry.set_status(record.id, "done", None)
+    registry.sync()
+    assert synced == [str(tmp_path / "r.sqlite-wal")]
+    registry.sync()  # nothing changed since
+    registry.find("t", "a.txt", "aa")  # reads change nothing
+    registry.sync()
+    assert len(synced) == 1 and registry.syncs == 1
+    registry.set_status(record.id, "failed", "later")
+    registry.sync()
+    assert len(synced) == 2
+    registry.close()
+
+
 def test_registry_generations_and_outcomes(tmp_path) -> None:
     registry = Registry(tmp_path / "r.sqlite")
     one = registry.register("t", "a/b.txt", "aa", 10)
