@@ -74,26 +74,28 @@ class Supervisor:
         self.registry = Registry(cfg.state_dir / "registry.sqlite")
         self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes)
         self.staging.open()
-        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=self.log_json)
-        self.pool.start()
-        self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
         groups: dict[str, list[PipelineConfig]] = {}
         for pipeline in cfg.pipelines:
             groups.setdefault(cfg.group_for(pipeline), []).append(pipeline)
         self.metrics = Metrics()
         if cfg.metrics_port is not None:
-            self.metrics.start_http(cfg.metrics_port)
-        self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
-                             stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
-                             pipelines=cfg.pipelines)
+            self.metrics.start_http(cfg.metrics_port)  # before joining the group: a busy port fails start-up
         # Opened when partitions are first assigned: start-up does not wait for the broker.
         self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
                                before_revoke=self.finish_revoked, handover=self.handover)
                         for group, pipelines in groups.items()]
+        # Subscribe first: the group join (about a second) overlaps with the workers' start-up. Nothing is
+        # read before the main loop polls, when the workers and the rest below exist.
         for intake in self.intakes:
             intake.subscribe()
+        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=self.log_json)
+        self.pool.start()
+        self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
+        self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
+                             stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
+                             pipelines=cfg.pipelines)
         self.control = ControlServer(cfg.control_socket, build_handlers(self))
         self.control.start()
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
