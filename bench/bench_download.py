@@ -226,6 +226,11 @@ class Verifier:
         with self.lock:
             return len(self.complete_at) == len(self.pending)
 
+    def check(self) -> bool:
+        """Observe and verify in one go (for callers that poll from one thread)."""
+        self.observe()
+        return self.verify()
+
     def finished_at(self) -> float:
         return max(self.complete_at.values())
 

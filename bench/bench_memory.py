@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() - started > args.timeout:
                     raise RuntimeError(f"file not saved after {args.timeout:.0f} s\n{tail(log_path)}")
                 time.sleep(0.05)
-            elapsed = time.monotonic() - started
+            elapsed = verifier.finished_at() - started
         finally:
             sampler.stop()
             code = stop_omsd(proc)
