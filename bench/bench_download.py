@@ -378,6 +378,14 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return {"supervisor": own, "workers": children}
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def stop_omsd(proc: subprocess.Popen, timeout: float = 60) -> int:
     """Graceful stop (SIGTERM); SIGKILL if it does not exit in time."""
     if proc.poll() is None:
@@ -492,6 +500,7 @@ def run(args: argparse.Namespace) -> list[Timing]:
                 continue
             group = f"bench-{reader}-{run_id}"
             print(f"timing {reader} (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
+            broker_cpu = process_cpu(broker.process.pid)
             if reader == "raw":
                 timing = time_raw(broker.bootstrap, topic, group, n_chunks, total, work, args.timeout)
             elif reader == "openmsistream":
@@ -503,6 +512,7 @@ def run(args: argparse.Namespace) -> list[Timing]:
                                    on_start=profiler.attach if profiler else None)
                 if profiler:
                     print(f"  profile: {profiler.finish()}")
+            timing.note += f"; broker {process_cpu(broker.process.pid) - broker_cpu:.1f}"
             print(f"  {timing.seconds:.2f} s  {timing.mb_per_s:.0f} MB/s  {timing.note}", flush=True)
             timings.append(timing)
     finally:
