@@ -119,6 +119,7 @@ class DataFile:
         self._topic = topic
         self._full_filepath: Path | None = None
         self._bytestring: bytes | None = None
+        self._prepared: dict[Path, Path] = {}  # target -> temporary copy written ahead (see save's prepare)
 
     # ---- identity -------------------------------------------------------
 
@@ -244,6 +245,24 @@ class DataFile:
     def release(self) -> None:
         """Drop the cached :attr:`bytestring`, if any."""
         self._bytestring = None
+
+    # ---- copies written ahead of verification (the save step's prepare) ----
+
+    def add_prepared(self, target: Path, temp: Path) -> None:
+        self._prepared[target] = temp
+
+    def take_prepared(self, target: Path) -> Path | None:
+        """The temporary copy prepared for ``target``, handed over once."""
+        return self._prepared.pop(target, None)
+
+    def discard_prepared(self) -> None:
+        """Remove every prepared copy not taken (the hash failed, or no step used it)."""
+        for temp in self._prepared.values():
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+        self._prepared.clear()
 
     def __repr__(self) -> str:
         return (

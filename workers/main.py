@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from workers.mapped import for_each_window
@@ -61,33 +62,64 @@ def _outcome_dict(outcome: Any) -> dict:
 
 
 def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
-    """Verify one staged file and run the requested pipelines on it; returns the result message."""
+    """Verify one staged file and run the requested pipelines on it; returns the result message.
+
+    While a thread hashes the file, the pipelines' first steps may work ahead
+    (``save`` writes its hidden temporary copy): the disk write then overlaps
+    the hashing instead of following it. Nothing becomes visible before the
+    hash matches; on a mismatch the prepared copies are removed.
+    """
     from workers.datafile import DataFile
 
     ref, meta = task["ref"], task["file"]
     started = time.monotonic()
-    actual = file_sha512(ref["path"], ref["size"])
+    datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
+                        filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],
+                        topic=meta["topic"], filename_append=meta.get("filename_append", ""))
+    hashing = _hasher().submit(file_sha512, ref["path"], ref["size"])
+    try:
+        for name in task["pipelines"]:
+            runners[name].prepare(datafile, task["done"].get(name, ()))  # failures here are left to run()
+    finally:
+        wait([hashing])  # the next file must not start while this one is still being hashed
+    try:
+        actual = hashing.result()
+    except BaseException:
+        datafile.discard_prepared()
+        raise
     if actual != meta["file_hash"]:
+        datafile.discard_prepared()
         bad = bad_chunks(ref["path"], task.get("chunks", ()))
         detail = f"chunks {bad} do not match their hashes" if bad else "every chunk matches its own hash"
         return {"type": "result", "task_id": task["task_id"], "status": "hash_mismatch", "bad_chunks": bad,
                 "error": f"whole-file sha512 mismatch ({ref['size']} bytes assembled; {detail})"}
     results: dict[str, bool] = {}
-    datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
-                        filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],
-                        topic=meta["topic"], filename_append=meta.get("filename_append", ""))
-    for name in task["pipelines"]:
-        runner = runners[name]
-        done = set(task["done"].get(name, ()))
+    try:
+        for name in task["pipelines"]:
+            runner = runners[name]
+            done = set(task["done"].get(name, ()))
 
-        def on_step(outcome: Any) -> None:
-            send({"type": "step", "task_id": task["task_id"], "outcome": _outcome_dict(outcome)})
+            def on_step(outcome: Any) -> None:
+                send({"type": "step", "task_id": task["task_id"], "outcome": _outcome_dict(outcome)})
 
-        datafile.full_filepath = None
-        results[name] = runner.run(datafile, done, on_step)
-    datafile.release()
+            datafile.full_filepath = None
+            results[name] = runner.run(datafile, done, on_step)
+    finally:
+        datafile.discard_prepared()  # copies a failed or skipped step did not use
+        datafile.release()
     return {"type": "result", "task_id": task["task_id"], "status": "ok", "pipelines": results,
             "duration_s": time.monotonic() - started}
+
+
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """The thread that hashes a file while the main thread works ahead (hashlib releases the GIL)."""
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+    return _HASHER
 
 
 def _die_with_parent() -> None:

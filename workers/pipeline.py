@@ -139,6 +139,17 @@ class PipelineRunner:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
         return min(self.backoff_s * (2**attempt), MAX_BACKOFF_S)
 
+    def prepare(self, datafile: DataFile, done: Iterable[int]) -> None:
+        """Let the first step work ahead while the file is being verified (see :meth:`Step.prepare`)."""
+        if 0 in set(done):
+            return
+        step = self.steps[0]
+        try:
+            step.prepare(datafile)
+        except Exception as exc:  # noqa: BLE001 - run() does the work again and reports what fails
+            log.debug("preparing a step failed; it runs in full", pipeline=self.name, kind=step.kind,
+                      error=_describe(exc))
+
     def run(self, datafile: DataFile, done: Iterable[int], on_step: Callable[[StepOutcome], None]) -> bool:
         """Run the pipeline on ``datafile``; True when every step is done.
 

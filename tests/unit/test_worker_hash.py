@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
+import time
 
 import pytest
 
@@ -27,3 +29,80 @@ def test_file_sha512_of_a_short_staging_file_does_not_match(tmp_path) -> None:
     path.write_bytes(b"abc")
     hashed = worker.file_sha512(str(path), 10)
     assert hashed == hashlib.sha512(b"abc").digest() != hashlib.sha512(b"abc" + bytes(7)).digest()
+
+
+# -- process(): the first step works ahead while the file is hashed ------------------------------------
+
+def _task(staged, content: bytes, file_hash: bytes, done: dict | None = None) -> dict:
+    return {"task_id": 7, "ref": {"path": str(staged), "size": len(content)},
+            "file": {"relative_path": "run/a.dat", "subdir_str": "run", "filename": "a.dat", "file_hash": file_hash,
+                     "file_mtime": None, "topic": "raw", "filename_append": ""},
+            "pipelines": ["p"], "done": done or {}, "chunks": [(1, 0, len(content), hashlib.sha512(content).digest())]}
+
+
+def _runner(out):
+    from workers.pipeline import PipelineRunner
+
+    return {"p": PipelineRunner("p", "raw", [("save", {"dir": str(out)})], retries=0)}
+
+
+def _recorded_saves(monkeypatch, hashed: threading.Event | None = None) -> list:
+    """Record each temporary copy save writes, and whether the file was still being hashed then."""
+    import workers.steps.save as save_module
+
+    writes: list = []
+    real = save_module._write_temp
+
+    def recording(datafile, temp, direct_io):
+        writes.append((temp, hashed is not None and not hashed.is_set()))
+        real(datafile, temp, direct_io)
+
+    monkeypatch.setattr(save_module, "_write_temp", recording)
+    return writes
+
+
+def test_process_saves_the_copy_written_while_hashing(tmp_path, monkeypatch) -> None:
+    content = os.urandom(3 * 4096 + 11)
+    staged = tmp_path / "staged"
+    staged.write_bytes(content)
+    hashed = threading.Event()
+    writes = _recorded_saves(monkeypatch, hashed)
+    real_hash = worker.file_sha512
+
+    def slow_hash(path, size):
+        time.sleep(0.2)
+        digest = real_hash(path, size)
+        hashed.set()
+        return digest
+
+    monkeypatch.setattr(worker, "file_sha512", slow_hash)
+    sent: list = []
+    result = worker.process(_task(staged, content, hashlib.sha512(content).digest()), _runner(tmp_path / "out"),
+                            sent.append)
+    assert result["status"] == "ok" and result["pipelines"] == {"p": True}
+    assert hashed.is_set()
+    assert [ahead for _temp, ahead in writes] == [True]  # written once, while hashing; the step only renamed it
+    assert (tmp_path / "out" / "run" / "a.dat").read_bytes() == content
+    assert os.listdir(tmp_path / "out" / "run") == ["a.dat"]
+    assert [m["outcome"]["status"] for m in sent] == ["done"]
+
+
+def test_process_removes_the_copy_written_ahead_when_the_hash_fails(tmp_path) -> None:
+    content = os.urandom(5000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(content)
+    result = worker.process(_task(staged, content, hashlib.sha512(b"other").digest()), _runner(tmp_path / "out"),
+                            lambda _m: None)
+    assert result["status"] == "hash_mismatch"
+    assert not (tmp_path / "out" / "run").exists() or os.listdir(tmp_path / "out" / "run") == []
+
+
+def test_process_does_not_prepare_a_save_that_is_already_done(tmp_path, monkeypatch) -> None:
+    content = os.urandom(5000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(content)
+    writes = _recorded_saves(monkeypatch)
+    result = worker.process(_task(staged, content, hashlib.sha512(content).digest(), done={"p": [0]}),
+                            _runner(tmp_path / "out"), lambda _m: None)
+    assert result["status"] == "ok" and writes == []
+    assert not (tmp_path / "out" / "run" / "a.dat").exists()  # restored, not redone

@@ -151,6 +151,13 @@ class Step(ABC):
     def restore(self, ctx: StepContext) -> None:
         """Re-establish this step's effects on ``ctx`` without redoing its work."""
 
+    def prepare(self, datafile: DataFile) -> None:
+        """Optional work ahead of time, while the file's hash is still being verified.
+
+        Only a pipeline's first step is asked. It must make nothing visible (the
+        file may turn out corrupt) and may raise; ``run`` then does the work as usual.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pipeline={self.pipeline!r} options={self.options!r}>"
 

@@ -154,31 +154,69 @@ def write_buffered(src: int, temp: Path, size: int) -> None:
         os.close(dst)
 
 
-def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: bool = True) -> Path:
-    """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path."""
+def _temp_for(target: Path) -> Path:
+    # One name per target: a copy left behind by a worker killed mid-save is overwritten (then renamed
+    # away) when the file is handed out again; a path is only ever saved by one worker at a time.
+    digest = hashlib.blake2b(target.name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    return target.parent / f"{TEMP_PREFIX}{digest}"
+
+
+def _checked_target(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     target = target_path(datafile, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(target))
-    # One name per target: a copy left behind by a worker killed mid-save is overwritten (then renamed
-    # away) when the file is handed out again; a path is only ever saved by one worker at a time.
-    temp = target.parent / f"{TEMP_PREFIX}{hashlib.blake2b(target.name.encode('utf-8', 'surrogateescape'), digest_size=8).hexdigest()}"
+    return target
+
+
+def _write_temp(datafile: DataFile, temp: Path, direct_io: bool) -> None:
+    """Fill ``temp`` with the file's bytes and fsync it (removed again if that fails)."""
     src = os.open(datafile.staged_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if not (direct_io and datafile.size >= DIRECT_MIN and write_direct(src, temp, datafile.size)):
             write_buffered(src, temp, datafile.size)
+    except BaseException:
+        _remove(temp)
+        raise
+    finally:
+        os.close(src)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # e.g. never created, or a read-only file system: the original error matters
+        pass
+
+
+def prepare_save(datafile: DataFile, root: str | os.PathLike[str], direct_io: bool = True) -> None:
+    """Write the temporary copy that :func:`save_datafile` would write, ahead of time.
+
+    Called while the worker is still verifying the file's hash: nothing becomes
+    visible (the temporary name is hidden and the target is untouched). The
+    next :func:`save_datafile` of this file under ``root`` renames it into place;
+    :meth:`DataFile.discard_prepared` removes it if the hash fails.
+    """
+    target = _checked_target(datafile, root)
+    temp = _temp_for(target)
+    _write_temp(datafile, temp, direct_io)
+    datafile.add_prepared(target, temp)
+
+
+def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: bool = True) -> Path:
+    """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path."""
+    target = _checked_target(datafile, root)
+    temp = _temp_for(target)
+    if datafile.take_prepared(target) != temp:
+        _write_temp(datafile, temp, direct_io)
+    try:
         if datafile.file_mtime is not None:
             os.utime(temp, (datafile.file_mtime, datafile.file_mtime))
         os.replace(temp, target)
     except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:  # e.g. never created, or a read-only file system: the original error matters
-            pass
+        _remove(temp)
         raise
-    finally:
-        os.close(src)
     _fsync_dir(target.parent)
     datafile.full_filepath = target
     log.debug("file saved", path=str(target), size=datafile.size)
@@ -200,6 +238,9 @@ class SaveStep(Step):
     @property
     def saves_file(self) -> bool:
         return True
+
+    def prepare(self, datafile: DataFile) -> None:
+        prepare_save(datafile, self.root, direct_io=self.options["direct_io"])
 
     def run(self, ctx: StepContext) -> list[OutboundMessage]:
         save_datafile(ctx.datafile, self.root, direct_io=self.options["direct_io"])
