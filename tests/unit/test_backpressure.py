@@ -40,3 +40,13 @@ def test_resume_only_when_some_worker_is_about_to_run_dry() -> None:
 def test_no_workers_means_no_backpressure() -> None:
     assert not saturated(backlog(), BUDGET)
     assert drained(backlog(), BUDGET)
+
+
+def test_the_supervisor_stages_about_four_mib_per_loop_turn() -> None:
+    """Big chunks: few per turn, so finished files reach idle workers soon; small ones: many, up to a cap."""
+    from omsd.intake import BATCH_BYTES, MAX_BATCH, batch_size
+
+    assert batch_size(512 << 10) == BATCH_BYTES // (512 << 10) == 8
+    assert batch_size(64 << 20) == 1
+    assert batch_size(1000) == MAX_BATCH
+    assert batch_size(0) == MAX_BATCH
