@@ -37,13 +37,13 @@ STAGING_RETRY_S = 2.0
 # messages per turn that the loop's own work stays negligible.
 BATCH_BYTES = 4 << 20
 MAX_BATCH = 500
+HASH_THREADS = 2
+HANDOVER_EVERY_S = 5.0  # progress records while running (when they changed), so a crash repeats little
 
 
 def batch_size(average_message_bytes: int) -> int:
     """How many messages to take per loop turn, given the average message size."""
     return max(1, min(MAX_BATCH, BATCH_BYTES // max(1, average_message_bytes)))
-HASH_THREADS = 2
-HANDOVER_EVERY_S = 5.0  # progress records while running (when they changed), so a crash repeats little
 
 
 class Intake:
