@@ -360,30 +360,29 @@ def start_omsd_download(out: Path, config: Path, topic: str, group_id: str, log_
     return subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU time (user+system) used so far by a process and, separately, by its descendants."""
-    import psutil
-
-    try:
-        main = psutil.Process(pid)
-        own = sum(main.cpu_times()[:2])
-        children = 0.0
-        for child in main.children(recursive=True):
-            try:
-                children += sum(child.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
-    except psutil.NoSuchProcess:
-        return {"supervisor": 0.0, "workers": 0.0}
-    return {"supervisor": own, "workers": children}
-
-
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     import psutil
 
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user+system) used so far by a process and, separately, by its descendants."""
+    import psutil
+
+    try:
+        own = process_cpu(pid)
+        children = 0.0
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                children += process_cpu(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        return {"supervisor": 0.0, "workers": 0.0}
+    return {"supervisor": own, "workers": children}
 
 
 def stop_omsd(proc: subprocess.Popen, timeout: float = 60) -> int:
