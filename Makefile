@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m omsd.demo
+	$(PY) -m omsd.dev.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -95,7 +95,7 @@ def file_names(n: int, workers: int, how: str) -> list[str]:
     """``natural``: run<i%4>/file_<i>.bin (as bench_download names them); ``balanced``: an even split."""
     if how == "natural":
         return [f"run{i % 4}/file_{i:04d}.bin" for i in range(n)]
-    from omsd.sharding import worker_slot_for
+    from omsd.wire.sharding import worker_slot_for
 
     names: list[str] = []
     want = [n // workers + (1 if slot < n % workers else 0) for slot in range(workers)]
@@ -185,8 +185,8 @@ def machine_ceiling(workers: int, iterations: int) -> float:
 
 def run(args: argparse.Namespace) -> float:
     sys.path.insert(0, str(REPO))
-    from omsd.broker import EmbeddedBroker
-    from omsd.sharding import worker_slot_for
+    from omsd.dev.broker import EmbeddedBroker
+    from omsd.wire.sharding import worker_slot_for
     from tests.chunks import produce_files
     from tests.openmsistream_support import quit_openmsistream
 

@@ -71,7 +71,7 @@ def generate(root: Path, n_files: int, size: int, block: int = 8 << 20) -> list[
 
 def chunk_stream(source: SourceFile, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[str, bytes]]:
     """(key, value) of every chunk of one file in the OpenMSIStream format, read lazily."""
-    from omsd.protocol import chunk_key, encode_chunk
+    from omsd.wire.protocol import chunk_key, encode_chunk
 
     subdir, _, name = source.relative_path.rpartition("/")
     n_chunks = max(1, -(-source.size // chunk_size))
@@ -464,7 +464,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[Timing]:
-    from omsd.broker import EmbeddedBroker
+    from omsd.dev.broker import EmbeddedBroker
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-"))
     work.mkdir(parents=True, exist_ok=True)

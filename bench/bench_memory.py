@@ -57,7 +57,7 @@ class Sampler:
     """Samples the memory of a process tree until stopped: RSS in one thread, PSS/USS and staging in another."""
 
     def __init__(self, pid: int, state_dir: Path) -> None:
-        from omsd.staging import Staging
+        from omsd.intake.staging import Staging
 
         self.root = psutil.Process(pid)
         self.control_socket = state_dir / "omsd.sock"
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="keep data, output and logs here")
     args = parser.parse_args(argv)
 
-    from omsd.broker import EmbeddedBroker
+    from omsd.dev.broker import EmbeddedBroker
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-mem-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from omsd.broker import EmbeddedBroker  # noqa: E402
+from omsd.dev.broker import EmbeddedBroker  # noqa: E402
 from omsd.kafka import PRODUCER_DEFAULTS  # noqa: E402
-from omsd.protocol import DEFAULT_CHUNK_SIZE  # noqa: E402
+from omsd.wire.protocol import DEFAULT_CHUNK_SIZE  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ from omsd import exitcodes
 
 
 def _broker_command(args: argparse.Namespace) -> int:
-    from omsd.broker import BrokerError, run_broker
+    from omsd.dev.broker import BrokerError, run_broker
 
     try:
         return run_broker(args.port, args.data_dir)
@@ -20,7 +20,7 @@ def _broker_command(args: argparse.Namespace) -> int:
 
 
 def _upload_command(args: argparse.Namespace) -> int:
-    from omsd.upload import upload_command
+    from omsd.upload.command import upload_command
 
     return upload_command(args)
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--workers", "--n_threads", dest="workers", type=int, default=None)
     download.set_defaults(func=_download_command)
 
-    from omsd.upload import add_upload_arguments
+    from omsd.upload.command import add_upload_arguments
 
     upload = sub.add_parser("upload", help="upload files or directories as OpenMSIStream chunk messages")
     add_upload_arguments(upload)

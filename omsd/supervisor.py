@@ -18,23 +18,23 @@ import structlog
 from confluent_kafka import KafkaError
 
 from omsd import exitcodes
-from omsd.backpressure import drained, saturated
+from omsd.dispatch.backpressure import drained, saturated
 from omsd.config import Config, PipelineConfig
 from omsd.control.handlers import build_handlers, health
 from omsd.control.server import ControlServer
-from omsd.handover import HandoverLog
-from omsd.heartbeat import HeartbeatSchedule, heartbeat_message
-from omsd.intake import Intake
-from omsd.jobs import FileJobs
+from omsd.intake.handover import HandoverLog
+from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
+from omsd.intake.consumer import Intake
+from omsd.dispatch.jobs import FileJobs
 from omsd.kafka import make_producer
-from omsd.logtopic import LogTopicHandler, log_message
-from omsd.metrics import Metrics
-from omsd.pool import WorkerBootError, WorkerPool
+from omsd.telemetry.logtopic import LogTopicHandler, log_message
+from omsd.telemetry.metrics import Metrics
+from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry
-from omsd.staging import Staging
+from omsd.intake.staging import Staging
 from omsd.states import DaemonState
-from omsd.stats import Stats
-from omsd.systemd import Notifier, watchdog_interval
+from omsd.telemetry.totals import Stats
+from omsd.telemetry.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
 

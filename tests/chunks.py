@@ -13,8 +13,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from omsd.protocol import chunk_key, encode_chunk
-from omsd.sharding import shard_for
+from omsd.wire.protocol import chunk_key, encode_chunk
+from omsd.wire.sharding import shard_for
 
 REPO = Path(__file__).resolve().parent.parent
 

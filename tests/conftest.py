@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS
 
 
 def openmsistream_ini(path: Path, bootstrap: str, *, group_id: str = "create_new",

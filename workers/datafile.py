@@ -91,7 +91,7 @@ class DataFile:
     message with ``filename_append`` applied, as OpenMSIStream does.
     ``relative_filepath`` (``subdir_str/filename``, posix) is not checked for
     safety here; steps that write or upload check it with
-    :func:`omsd.paths.safe_relative_path`.
+    :func:`omsd.wire.paths.safe_relative_path`.
     """
 
     def __init__(

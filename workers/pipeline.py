@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from omsd.paths import UnsafePathError
+from omsd.wire.paths import UnsafePathError
 from workers.datafile import DataFile
 from workers.steps import build_step
 from workers.steps.base import OutboundMessage, Step, StepConfigError, StepContext, StepFailed

@@ -10,7 +10,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer
 
-from omsd.broker import EmbeddedBroker, free_port
+from omsd.dev.broker import EmbeddedBroker, free_port
 from tests.conftest import client_props
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from omsd.broker import free_port
+from omsd.dev.broker import free_port
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import REPO, produce_files, tree, wait_for
 from tests.conftest import S3_CREDENTIALS

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from omsd.broker import EmbeddedBroker
-from omsd.protocol import chunk_key
+from omsd.dev.broker import EmbeddedBroker
+from omsd.wire.protocol import chunk_key
 from tests.conftest import write_config
 from tests.integration.test_upload import TopicReader, has_files, make_tree, omsd_upload, reassemble
 from tests.openmsistream_support import openmsistream_ini

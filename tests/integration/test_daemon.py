@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from omsd.staging import Staging
+from omsd.intake.staging import Staging
 from tests.chunks import produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import pipeline, write_config
 

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from omsd.control.client import ControlClient
-from omsd.protocol import encode_chunk
+from omsd.wire.protocol import encode_chunk
 from tests.chunks import chunk_messages, produce, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import pipeline, write_config
 

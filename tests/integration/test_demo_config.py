@@ -1,4 +1,4 @@
-"""The example configuration (etc/) and the `make run` demo (python -m omsd.demo)."""
+"""The example configuration (etc/) and the `make run` demo (python -m omsd.dev.demo)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _port_open(address: str) -> bool:
 @pytest.mark.timeout(120)
 def test_demo_check_saves_the_example_data_and_stops_everything(tmp_path) -> None:
     var = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "omsd.demo", "--check", "--var", str(var)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "omsd.dev.demo", "--check", "--var", str(var)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=90)
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, output

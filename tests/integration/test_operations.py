@@ -14,7 +14,7 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from omsd.broker import EmbeddedBroker, free_port
+from omsd.dev.broker import EmbeddedBroker, free_port
 from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import client_props, pipeline, write_config
 

@@ -22,9 +22,9 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from omsd.broker import free_port
+from omsd.dev.broker import free_port
 from omsd.control.client import ControlClient, DaemonNotRunning
-from omsd.sharding import worker_slot_for
+from omsd.wire.sharding import worker_slot_for
 from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import S3_CREDENTIALS, client_props, pipeline, write_config
 from tests.integration.pipeline_funcs import records

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from omsd.broker import EmbeddedBroker, free_port
-from omsd.protocol import EMPTY_SHA512, Chunk, chunk_key, decode_chunk
-from omsd.sharding import shard_for
+from omsd.dev.broker import EmbeddedBroker, free_port
+from omsd.wire.protocol import EMPTY_SHA512, Chunk, chunk_key, decode_chunk
+from omsd.wire.sharding import shard_for
 from tests.conftest import client_props, write_config
 
 ROOT = Path(__file__).resolve().parents[2]

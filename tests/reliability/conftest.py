@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from omsd.control.client import ControlClient, ControlError
-from omsd.staging import SHM_DIR, SHM_PREFIX
+from omsd.intake.staging import SHM_DIR, SHM_PREFIX
 from tests.chunks import REPO, start_daemon, stop_daemon, wait_for
 from tests.conftest import client_props, write_config
 
@@ -125,7 +125,7 @@ class Daemon:
 
     @property
     def staging_prefix(self) -> str:
-        """The name prefix of this daemon's staging segments and spill files (as omsd.staging makes it)."""
+        """The name prefix of this daemon's staging segments and spill files (as omsd.intake.staging makes it)."""
         return f"{SHM_PREFIX}{zlib.crc32(str(self.state.resolve()).encode()):08x}-"
 
     def staging_leftovers(self) -> list[Path]:

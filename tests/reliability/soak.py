@@ -41,7 +41,7 @@ from pathlib import Path
 
 import psutil
 
-from omsd.broker import EmbeddedBroker
+from omsd.dev.broker import EmbeddedBroker
 from tests.chunks import wait_for
 from tests.reliability.conftest import Daemon, upload, uploader_config
 from tests.reliability.funcs import recorded_paths

@@ -21,7 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from omsd.broker import EmbeddedBroker, free_port
+from omsd.dev.broker import EmbeddedBroker, free_port
 from omsd.control.client import ControlClient
 from tests.chunks import REPO, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import S3_CREDENTIALS, pipeline, write_config

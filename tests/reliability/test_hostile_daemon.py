@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from omsd.control.client import ControlClient
-from omsd.protocol import encode_chunk
-from omsd.sharding import shard_for
+from omsd.wire.protocol import encode_chunk
+from omsd.wire.sharding import shard_for
 from tests.chunks import REPO, chunk_messages, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import write_config
 from tests.integration.test_daemon_hostile import chunk_value, hostile_messages

@@ -38,10 +38,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from omsd.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS
 from omsd.config import DEFAULT_HANDOVER_TOPIC
-from omsd.handover import Handover, decode
-from omsd.sharding import shard_for
+from omsd.intake.handover import Handover, decode
+from omsd.wire.sharding import shard_for
 from tests.chunks import chunk_messages, produce, produce_files, wait_for
 from tests.conftest import client_props
 from tests.reliability.conftest import Daemon, make_files, slow_only, upload, uploader_config

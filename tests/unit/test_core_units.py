@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from omsd.assembly import Assembler, estimate_size
-from omsd.protocol import ProtocolError, decode_chunk
+from omsd.intake.assembly import Assembler, estimate_size
+from omsd.wire.protocol import ProtocolError, decode_chunk
 from omsd.registry import Registry
-from omsd.staging import Staging
-from omsd.watermark import Watermarks
+from omsd.intake.staging import Staging
+from omsd.intake.watermark import Watermarks
 from tests.chunks import chunk_messages
 
 TP = ("topic", 0)

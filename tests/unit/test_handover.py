@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omsd.handover import decode, encode, record_key
-from omsd.offsetranges import OffsetRanges
-from omsd.watermark import Watermarks
+from omsd.intake.handover import decode, encode, record_key
+from omsd.intake.offsetranges import OffsetRanges
+from omsd.intake.watermark import Watermarks
 
 TP = ("data", 0)
 

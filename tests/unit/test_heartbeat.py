@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from omsd.heartbeat import COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message
+from omsd.telemetry.heartbeat import COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message
 
 
 def test_counters_count_messages_and_bytes_and_reset():

@@ -7,7 +7,7 @@ import urllib.request
 import prometheus_client
 import pytest
 
-from omsd.metrics import Metrics
+from omsd.telemetry.metrics import Metrics
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unit tests for omsd.paths: names from messages never leave the output root."""
+"""Unit tests for omsd.wire.paths: names from messages never leave the output root."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from omsd.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, UnsafePathError, resolve_under, safe_relative_path
+from omsd.wire.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, UnsafePathError, resolve_under, safe_relative_path
 
 
 @pytest.mark.parametrize("subdir,filename,expected", [

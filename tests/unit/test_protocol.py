@@ -1,4 +1,4 @@
-"""Unit tests for omsd.protocol: the OpenMSIStream 1.8 chunk format, checked against the real package."""
+"""Unit tests for omsd.wire.protocol: the OpenMSIStream 1.8 chunk format, checked against the real package."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from openmsistream.data_file_io.entity.data_file_chunk import DataFileChunk
 from openmsistream.data_file_io.utilities import get_message_prepend
 from openmsistream.kafka_wrapper.serialization import DataFileChunkDeserializer, DataFileChunkSerializer
 
-from omsd.protocol import (
+from omsd.wire.protocol import (
     DEFAULT_MAX_FILE_SIZE,
     EMPTY_SHA512,
     HASH_LEN,

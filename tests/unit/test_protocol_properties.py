@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from openmsistream.data_file_io.entity.data_file_chunk import DataFileChunk
 from openmsistream.kafka_wrapper.serialization import DataFileChunkSerializer
 
-from omsd.paths import UnsafePathError, resolve_under, safe_relative_path
-from omsd.protocol import EMPTY_SHA512, Chunk, ProtocolError, decode_chunk, encode_chunk
+from omsd.wire.paths import UnsafePathError, resolve_under, safe_relative_path
+from omsd.wire.protocol import EMPTY_SHA512, Chunk, ProtocolError, decode_chunk, encode_chunk
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

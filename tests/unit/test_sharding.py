@@ -1,4 +1,4 @@
-"""Unit tests for omsd.sharding: one path, one shard, in every process."""
+"""Unit tests for omsd.wire.sharding: one path, one shard, in every process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from omsd.sharding import shard_for, stable_hash
+from omsd.wire.sharding import shard_for, stable_hash
 
 PATHS = [f"run{i % 7}/sample_{i:04d}/scan {i}.dat" for i in range(1000)] + ["", "数据/ünï.h5", "a", "a/b"]
 
@@ -48,7 +48,7 @@ def test_no_shards_is_an_error(n_shards: int) -> None:
 def _shards_in_subprocess(seed: str) -> dict[str, list[int]]:
     code = (
         "import json, sys\n"
-        "from omsd.sharding import shard_for, stable_hash\n"
+        "from omsd.wire.sharding import shard_for, stable_hash\n"
         "paths = json.load(sys.stdin)\n"
         "json.dump({p: [stable_hash(p), shard_for(p, 4), shard_for(p, 7), hash(p)] for p in paths}, sys.stdout)\n"
     )
@@ -83,7 +83,7 @@ def test_similar_paths_spread_out() -> None:
 
 def test_worker_slots_are_independent_of_partitions() -> None:
     """A daemon owning partitions {0, 2} of 4 still uses both of its 2 worker slots."""
-    from omsd.sharding import shard_for, worker_slot_for
+    from omsd.wire.sharding import shard_for, worker_slot_for
 
     paths = [f"run{i}/file_{i}.dat" for i in range(1000)]
     owned = [p for p in paths if shard_for(p, 4) in (0, 2)]

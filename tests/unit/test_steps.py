@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from omsd.paths import UnsafePathError
+from omsd.wire.paths import UnsafePathError
 from workers.datafile import DataFile
 from workers.steps import STEP_KINDS, build_step
 from workers.steps.base import StepConfigError, StepContext, StepFailed, load_function, result_key

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from omsd.systemd import Notifier, watchdog_interval
+from omsd.telemetry.systemd import Notifier, watchdog_interval
 
 UNIT_DIR = Path(__file__).resolve().parents[2] / "systemd"
 

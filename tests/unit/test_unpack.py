@@ -6,7 +6,7 @@ import msgpack
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from omsd.unpack import parse_fields
+from omsd.wire.unpack import parse_fields
 
 scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**64 - 1), st.floats(allow_nan=False), st.text(max_size=40),

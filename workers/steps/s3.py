@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from omsd.paths import safe_relative_path
+from omsd.wire.paths import safe_relative_path
 from workers.datafile import DataFile
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext, StepFailed
 

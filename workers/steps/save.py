@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from omsd.paths import resolve_under, safe_relative_path
+from omsd.wire.paths import resolve_under, safe_relative_path
 from workers.datafile import DataFile
 from workers.mapped import for_each_window
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext

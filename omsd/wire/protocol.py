@@ -18,8 +18,8 @@ from pathlib import PurePosixPath
 
 import msgpack
 
-from omsd.paths import UnsafePathError, safe_relative_path
-from omsd.unpack import parse_fields
+from omsd.wire.paths import UnsafePathError, safe_relative_path
+from omsd.wire.unpack import parse_fields
 
 HASH_LEN = 64  # sha512 digest size
 DEFAULT_CHUNK_SIZE = 524288

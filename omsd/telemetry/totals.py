@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from omsd.heartbeat import Counters
+from omsd.telemetry.heartbeat import Counters
 
 RECENT_ERRORS = 50
 

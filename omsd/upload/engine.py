@@ -25,9 +25,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from omsd.config import Config
 from omsd.kafka import make_producer, producer_config
-from omsd.paths import UnsafePathError, safe_relative_path
-from omsd.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
-from omsd.sharding import shard_for
+from omsd.wire.paths import UnsafePathError, safe_relative_path
+from omsd.wire.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
+from omsd.wire.sharding import shard_for
 
 log = structlog.get_logger(__name__)
 

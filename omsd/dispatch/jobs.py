@@ -17,15 +17,15 @@ from pathlib import Path
 import structlog
 from confluent_kafka import KafkaError
 
-from omsd.assembly import FileAssembly
+from omsd.intake.assembly import FileAssembly
 from omsd.config import PipelineConfig
-from omsd.intake import Intake
-from omsd.metrics import Metrics
-from omsd.pool import Task, WorkerPool
-from omsd.protocol import Chunk, ProtocolError
+from omsd.intake.consumer import Intake
+from omsd.telemetry.metrics import Metrics
+from omsd.dispatch.pool import Task, WorkerPool
+from omsd.wire.protocol import Chunk, ProtocolError
 from omsd.registry import Registry
-from omsd.staging import Staging
-from omsd.stats import Stats
+from omsd.intake.staging import Staging
+from omsd.telemetry.totals import Stats
 
 log = structlog.get_logger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from omsd.backpressure import Backlog
-from omsd.sharding import worker_slot_for
+from omsd.dispatch.backpressure import Backlog
+from omsd.wire.sharding import worker_slot_for
 from omsd.states import ProcessState
 from workers.main import EXIT_BOOT_FAILURE, worker_main
 

@@ -9,14 +9,14 @@ chunks of files that were unfinished, and nothing before them.
 Above the safe offset, the offsets of messages whose handling is finished
 (files whose outcome is recorded, rejected messages, files no pipeline wants)
 are kept as ranges. Handed to the next owner of a partition (see
-:mod:`omsd.handover`), they let it skip what this daemon already did.
+:mod:`omsd.intake.handover`), they let it skip what this daemon already did.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from omsd.offsetranges import OffsetRanges
+from omsd.intake.offsetranges import OffsetRanges
 
 TopicPartition = tuple[str, int]
 

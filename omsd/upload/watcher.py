@@ -35,8 +35,8 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
-from omsd.upload import connect, print_error
-from omsd.uploader import FileEntry, FileJob, Uploader, UploadError, walk_directory
+from omsd.upload.command import connect, print_error
+from omsd.upload.engine import FileEntry, FileJob, Uploader, UploadError, walk_directory
 
 log = structlog.get_logger(__name__)
 

@@ -1,8 +1,8 @@
 """Intake: one consumer group — reads chunk messages, assembles files, commits safe offsets.
 
-Offsets are committed only up to the watermark (see :mod:`omsd.watermark`),
+Offsets are committed only up to the watermark (see :mod:`omsd.intake.watermark`),
 never automatically; when a partition is given up, what was finished above
-its committed offset is handed to its next owner (see :mod:`omsd.handover`).
+its committed offset is handed to its next owner (see :mod:`omsd.intake.handover`).
 Under backpressure the consumer pauses its partitions and keeps polling, so
 it stays in its group during a slow analysis.
 """
@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 
-from omsd.assembly import Assembler, FileAssembly, FileKey
+from omsd.intake.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
-from omsd.handover import HandoverLog
+from omsd.intake.handover import HandoverLog
 from omsd.kafka import make_consumer
-from omsd.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
+from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
-from omsd.staging import Staging, StagingFull
-from omsd.watermark import Watermarks
+from omsd.intake.staging import Staging, StagingFull
+from omsd.intake.watermark import Watermarks
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Handover records: what the previous owner of a partition already finished above its committed offset.
 
 A partition has one committed offset, and a daemon commits only below files it
-has not finished (see :mod:`omsd.watermark`). When it gives a partition up —
+has not finished (see :mod:`omsd.intake.watermark`). When it gives a partition up —
 a rebalance or a graceful stop — while a file there is still incomplete, files
 above that offset may already be done. Before committing, it publishes the
 finished offsets above the committed one to the handover topic; whoever owns
@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from omsd.config import Config
 from omsd.kafka import admin_config, consumer_config, make_producer
-from omsd.offsetranges import OffsetRanges
+from omsd.intake.offsetranges import OffsetRanges
 
 log = structlog.get_logger(__name__)
 

@@ -11,9 +11,9 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from omsd.protocol import Chunk, ProtocolError
-from omsd.staging import StagedFile, Staging
-from omsd.watermark import TopicPartition, Watermarks
+from omsd.wire.protocol import Chunk, ProtocolError
+from omsd.intake.staging import StagedFile, Staging
+from omsd.intake.watermark import TopicPartition, Watermarks
 
 FileKey = tuple[str, str, bytes]  # topic, relative path, file hash
 

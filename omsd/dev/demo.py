@@ -1,7 +1,7 @@
 """`make run`: omsd end to end on one machine, with nothing installed but the package.
 
-    python -m omsd.demo            # broker, daemon, upload, show; runs until Ctrl-C
-    python -m omsd.demo --check    # the same, then verify the saved files, stop, exit 0 if all is well
+    python -m omsd.dev.demo            # broker, daemon, upload, show; runs until Ctrl-C
+    python -m omsd.dev.demo --check    # the same, then verify the saved files, stop, exit 0 if all is well
 
 Starts the embedded broker on a free port, runs ``omsd run --config
 etc/omsd.yaml`` with ``OMSD_BOOTSTRAP``, ``OMSD_STATE_DIR`` and
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from omsd import exitcodes
-from omsd.broker import BrokerError, EmbeddedBroker
+from omsd.dev.broker import BrokerError, EmbeddedBroker
 from omsd.config import Config, ConfigError, load_config
 from omsd.daemon import StateDirLocked, lock_state_dir
 
@@ -219,7 +219,7 @@ def wait_for_stop_signal(demo: Demo) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m omsd.demo", description="Run omsd end to end on this machine.")
+    parser = argparse.ArgumentParser(prog="python -m omsd.dev.demo", description="Run omsd end to end on this machine.")
     parser.add_argument("--check", action="store_true",
                         help="upload, verify the saved files, stop everything and exit (0 = all good)")
     parser.add_argument("--var", type=Path, default=None,

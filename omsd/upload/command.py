@@ -1,8 +1,8 @@
 """`omsd upload`: send files as OpenMSIStream chunk messages, fast and acknowledged.
 
 The command exits 0 only when the broker acknowledged every chunk.
-``--watch`` keeps running on one directory (see :mod:`omsd.watch`); the
-engine is :mod:`omsd.uploader`.
+``--watch`` keeps running on one directory (see :mod:`omsd.upload.watcher`); the
+engine is :mod:`omsd.upload.engine`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from omsd.config import Config, ConfigError, load_config
 from omsd.kafka import producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
-from omsd.protocol import DEFAULT_CHUNK_SIZE
-from omsd.uploader import (
+from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
+from omsd.upload.engine import (
     DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, UploadError, collect_files, open_producer,
 )
 
@@ -123,7 +123,7 @@ def upload_command(args: argparse.Namespace) -> int:
         print_error(f"--chunk-size must be between 1 and {max_message - 65536} bytes (message.max.bytes)")
         return exitcodes.RET_USAGE
     if args.watch:
-        from omsd.watch import watch_command
+        from omsd.upload.watcher import watch_command
 
         return watch_command(args, config)
     try:
