@@ -1,4 +1,4 @@
-"""The `omsd` command: run, download, upload, broker."""
+"""The `omsd` command: run, download, upload, service, broker."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def _download_command(args: argparse.Namespace) -> int:
     return download_command(args)
 
 
+def _service_command(args: argparse.Namespace) -> int:
+    from omsd.service import service_command
+
+    return service_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omsd", description="Move and process data files through Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload = sub.add_parser("upload", help="upload files or directories as OpenMSIStream chunk messages")
     add_upload_arguments(upload)
     upload.set_defaults(func=_upload_command)
+
+    from omsd.service import add_service_arguments
+
+    service = sub.add_parser("service", help="install and manage omsd@NAME.service (systemd)",
+                             description="Install one daemon per config file as the systemd unit omsd@NAME.service "
+                                         "and manage it through systemctl.")
+    add_service_arguments(service)
+    service.set_defaults(func=_service_command)
 
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback")
     broker.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
