@@ -32,13 +32,14 @@ configuration error) becomes the program's exit status.
 Importing this module never imports confluent_kafka (workers import it).
 """
 
-from workers.compat.arguments import PROCESS_LOCK, CompatArgumentParser
+from workers.compat.arguments import CompatArgumentParser
 from workers.compat.classes import (
     DataFileStreamProcessor, DataFileStreamReproducer, MetadataJSONReproducer, Runnable, S3TransferStreamProcessor,
     handler_kind,
 )
 from workers.compat.messages import CompatLogger, MetadataJSONMessage, ReproducerMessage
 from workers.compat.settings import class_spec, load_compat_config, s3_settings
+from workers.steps.compat_step import PROCESS_LOCK
 
 __all__ = [
     "CompatArgumentParser", "CompatLogger", "DataFileStreamProcessor", "DataFileStreamReproducer",

@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import threading
 from pathlib import Path
 from typing import Any
-
-
-
-
-#: The lock handed to every hook in this process (threads of one worker share it).
-PROCESS_LOCK = threading.Lock()
 
 DEFAULT_TOPIC_NAME = "test"
 DEFAULT_N_THREADS = 2

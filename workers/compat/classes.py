@@ -18,10 +18,11 @@ if TYPE_CHECKING:
     from omsd.config import Config
 
 from workers.compat.arguments import (
-    DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_N_THREADS, DEFAULT_TOPIC_NAME, PROCESS_LOCK, STEP_KIND, CompatArgumentParser,
+    DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_N_THREADS, DEFAULT_TOPIC_NAME, STEP_KIND, CompatArgumentParser,
 )
 from workers.compat.messages import CompatLogger, MetadataJSONMessage
 from workers.compat.settings import _anchored, class_spec, load_compat_config, s3_settings
+from workers.steps.compat_step import PROCESS_LOCK
 
 log = structlog.get_logger(__name__)
 

@@ -21,11 +21,11 @@ file on disk: an earlier save step, or ``dir`` to save it here first.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from workers import compat
 from workers.steps.base import (
     Option,
     OutboundMessage,
@@ -40,6 +40,18 @@ from workers.steps.reproduce import MODES, encode_result, ensure_on_disk
 from workers.steps.save import target_path
 
 KINDS = ("processor", "reproducer", "metadata")
+
+#: The lock handed to every hook in this process (threads of one worker share it); re-exported by workers.compat.
+PROCESS_LOCK = threading.Lock()
+
+
+def handler_kind(cls: Any) -> str | None:
+    """The kind a compat class declares in its ``STEP_KIND`` class attribute ("processor", ...), else None.
+
+    The step reads only that attribute: it never imports :mod:`workers.compat`, whose classes start the daemon.
+    """
+    kind = getattr(cls, "STEP_KIND", None) if isinstance(cls, type) else None
+    return kind if kind in KINDS else None
 
 
 class ProcessingFailed(RuntimeError):
@@ -73,7 +85,7 @@ def load_class(spec: str, where: str = "class") -> type:
             obj = getattr(obj, part, None)
         if obj is None:
             raise StepConfigError(f"{spec!r}: module {module_name!r} has no attribute {qualname!r}")
-    if compat.handler_kind(obj) is None:
+    if handler_kind(obj) is None:
         raise StepConfigError(f"{spec!r} is not a subclass of DataFileStreamProcessor, "
                               "DataFileStreamReproducer or MetadataJSONReproducer from workers.compat")
     return obj
@@ -120,21 +132,21 @@ class OpenMSIStreamStep(Step):
         super().__init__(options, **kwargs)
         self.class_spec: str = self.options["class"]
         self.cls: type | None = None
-        handler_kind = self.options["kind"]
+        kind = self.options["kind"]
         if self.load_functions:
             try:
                 self.cls = load_class(self.class_spec)
             except StepConfigError as exc:
                 raise StepConfigError(f"{self.where}: option 'class': {exc}") from exc
-            actual = compat.handler_kind(self.cls)
-            if handler_kind is not None and handler_kind != actual:
-                raise StepConfigError(f"{self.where}: {self.class_spec} is a {actual}, not a {handler_kind}")
-            handler_kind = actual
+            actual = handler_kind(self.cls)
+            if kind is not None and kind != actual:
+                raise StepConfigError(f"{self.where}: {self.class_spec} is a {actual}, not a {kind}")
+            kind = actual
         else:
             parse_function_spec(self.class_spec, self.where)
-        self.handler_kind = handler_kind
-        if handler_kind in ("reproducer", "metadata") and not self.options["topic"]:
-            raise StepConfigError(f"{self.where}: a {handler_kind} needs option 'topic' (where results go)")
+        self.handler_kind = kind
+        if kind in ("reproducer", "metadata") and not self.options["topic"]:
+            raise StepConfigError(f"{self.where}: a {kind} needs option 'topic' (where results go)")
         directory = self.options["dir"]
         if directory is not None and not directory.strip():
             raise StepConfigError(f"{self.where}: option 'dir' must not be empty")
@@ -165,15 +177,15 @@ class OpenMSIStreamStep(Step):
         ensure_on_disk(self, datafile)
         handler = self.handler
         name = type(handler).__name__
-        if (self.handler_kind or compat.handler_kind(type(handler))) == "processor":
-            result = handler._process_downloaded_data_file(datafile, compat.PROCESS_LOCK)
+        if (self.handler_kind or handler_kind(type(handler))) == "processor":
+            result = handler._process_downloaded_data_file(datafile, PROCESS_LOCK)
             if result is None:
                 return []
             if isinstance(result, BaseException):
                 raise ProcessingFailed(f"{name}._process_downloaded_data_file returned {result!r}") from result
             raise StepFailed(f"{name}._process_downloaded_data_file returned {type(result).__name__}; "
                              "expected None or an Exception")
-        result = handler._get_processing_result_message_for_file(datafile, compat.PROCESS_LOCK)
+        result = handler._get_processing_result_message_for_file(datafile, PROCESS_LOCK)
         where = f"{name}._get_processing_result_message_for_file"
         return [result_message(result, datafile, self.options["topic"], where)]
 
