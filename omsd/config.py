@@ -3,6 +3,12 @@
 YAML scalars may use ``${VAR}`` and ``${VAR:-default}``; INI values that
 start with ``$`` name an environment variable, as in OpenMSIStream. Errors
 name the file and line and raise :class:`ConfigError` (exit code 78).
+
+Pipeline steps are checked only through a validator the caller passes
+(``omsd run`` passes :func:`workers.pipeline.validate_pipeline`, which imports
+the users' step functions); without one, loading a config never imports user
+code, so ``omsctl`` and ``omsd upload`` work where the pipelines' modules are
+not installed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import configparser
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,10 @@ DEFAULT_HANDOVER_TOPIC = "omsd.handover"
 
 class ConfigError(ValueError):
     """A configuration problem, with the file and line where it was found."""
+
+
+#: Checks one pipeline's steps: ``(name, topic, steps) -> error messages`` (empty when valid).
+StepValidator = Callable[[str, str, list[tuple[str, dict[str, Any]]]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -229,7 +240,7 @@ def _stringify(props: dict[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in props.items()}
 
 
-def _read_pipeline(reader: _Reader, node: Any, index: int) -> PipelineConfig:
+def _read_pipeline(reader: _Reader, node: Any, index: int, validate_steps: StepValidator | None) -> PipelineConfig:
     if not isinstance(node, dict):
         raise ConfigError(f"{reader.where(node)}: pipeline #{index + 1} must be a mapping")
     unknown = sorted(set(map(str, node)) - _PIPELINE_KEYS)
@@ -262,25 +273,24 @@ def _read_pipeline(reader: _Reader, node: Any, index: int) -> PipelineConfig:
         group_id=reader.string(node, "group.id") or reader.string(node, "group_id"),
         retries=int(reader.number(node, "retries", 2, int)),
     )
-    _validate_steps(reader, node, pipeline)
+    if validate_steps is not None:
+        _validate_steps(reader, node, pipeline, validate_steps)
     return pipeline
 
 
-def _validate_steps(reader: _Reader, node: Any, pipeline: PipelineConfig) -> None:
-    from workers.pipeline import validate_pipeline  # stdlib-light; never imports Kafka
-
-    errors = validate_pipeline(pipeline.name, pipeline.topic, pipeline.steps)
+def _validate_steps(reader: _Reader, node: Any, pipeline: PipelineConfig, validate_steps: StepValidator) -> None:
+    errors = validate_steps(pipeline.name, pipeline.topic, pipeline.steps)
     if errors:
         steps_node = node.get("steps") or []
         line_of = reader.where(node, "steps")
-        # Point at the first offending step when the message names its index.
+        # Point at the first offending step when the message names its index (steps[i] counts from 0).
         for i, step in enumerate(steps_node):
-            if f"step {i + 1}" in errors[0] or f"#{i + 1}" in errors[0]:
+            if f"steps[{i}]" in errors[0] or f"step {i + 1}" in errors[0] or f"#{i + 1}" in errors[0]:
                 line_of = reader.where(step)
         raise ConfigError(f"{line_of}: pipeline '{pipeline.name}': {errors[0]}")
 
 
-def _from_mapping(data: Any, path: Path | None) -> Config:
+def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | None) -> Config:
     reader = _Reader(path)
     if data is None:
         data = {}
@@ -342,7 +352,7 @@ def _from_mapping(data: Any, path: Path | None) -> Config:
     pipelines = data.get("pipelines") or []
     if not isinstance(pipelines, list):
         raise ConfigError(f"{reader.where(data, 'pipelines')}: 'pipelines' must be a list")
-    cfg.pipelines = [_read_pipeline(reader, node, i) for i, node in enumerate(pipelines)]
+    cfg.pipelines = [_read_pipeline(reader, node, i, validate_steps) for i, node in enumerate(pipelines)]
     seen: set[str] = set()
     for node, pipeline in zip(pipelines, cfg.pipelines):
         if pipeline.name in seen:
@@ -368,7 +378,13 @@ def _ini_value(value: str, where: str) -> str:
     return expanded
 
 
-def _from_ini(text: str, path: Path | None) -> Config:
+def looks_like_ini(path: Path, text: str) -> bool:
+    """True for an OpenMSIStream INI file: a ``.ini``/``.config``/``.cfg`` name, or text opening a ``[section]``."""
+    return path.suffix in (".ini", ".config", ".cfg") or text.lstrip().startswith("[")
+
+
+def config_from_ini(text: str, path: Path | None) -> Config:
+    """An omsd config from the text of an OpenMSIStream INI file (``$VAR`` values expanded; no pipelines)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text, source=str(path) if path else "<config>")
@@ -395,8 +411,13 @@ def _from_ini(text: str, path: Path | None) -> Config:
                   producer=sections.get("producer", {}))
 
 
-def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False) -> Config:
-    """Read a YAML (``.yaml``/``.yml``/anything else) or INI (``.config``/``.ini``/``[section]``) file."""
+def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False,
+                validate_steps: StepValidator | None = None) -> Config:
+    """Read a YAML (``.yaml``/``.yml``/anything else) or INI (``.config``/``.ini``/``[section]``) file.
+
+    ``validate_steps`` checks each pipeline's steps (errors name the step's line); without it the steps
+    are only checked for their shape and no user code is imported.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -404,9 +425,8 @@ def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML or INI in UTF-8)") from None
-    looks_ini = path.suffix in (".ini", ".config", ".cfg") or text.lstrip().startswith("[")
-    if looks_ini:
-        cfg = _from_ini(text, path)
+    if looks_like_ini(path, text):
+        cfg = config_from_ini(text, path)
     else:
         try:
             data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
@@ -414,7 +434,7 @@ def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        cfg = _from_mapping(_expand_tree(data, str(path)), path)
+        cfg = _from_mapping(_expand_tree(data, str(path)), path, validate_steps)
     if require_pipelines and not cfg.pipelines:
         raise ConfigError(f"{path}: no pipelines configured ('omsd run' needs at least one)")
     return cfg

@@ -15,6 +15,7 @@ from omsd import exitcodes
 from omsd.config import Config, ConfigError, PipelineConfig, load_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
+from workers.pipeline import validate_pipeline
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,8 @@ def serve(config: Config) -> int:
 def run_command(args: argparse.Namespace) -> int:
     configure_logging(process="supervisor")
     try:
-        config = load_config(args.config, require_pipelines=True)
+        # The one command that imports the pipelines' step functions: a step that cannot load is a config error.
+        config = load_config(args.config, require_pipelines=True, validate_steps=validate_pipeline)
     except ConfigError as exc:
         print(f"omsd: configuration error: {exc}", file=sys.stderr)
         return exitcodes.RET_CONFIG

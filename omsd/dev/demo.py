@@ -27,6 +27,7 @@ from omsd import exitcodes
 from omsd.dev.broker import BrokerError, EmbeddedBroker
 from omsd.config import Config, ConfigError, load_config
 from omsd.daemon import StateDirLocked, lock_state_dir
+from workers.pipeline import validate_pipeline
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = Path("etc/omsd.yaml")
@@ -91,7 +92,7 @@ class Demo:
         saved = dict(os.environ)
         os.environ.update(self.env())
         try:
-            config = load_config(self.config_path, require_pipelines=True)
+            config = load_config(self.config_path, require_pipelines=True, validate_steps=validate_pipeline)
         except ConfigError as exc:
             raise DemoError(f"configuration error: {exc}") from None
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -192,5 +193,51 @@ def test_the_handover_topic_is_opened_once_the_broker_answers(topic, tmp_path) -
             status = json.loads(omsctl("--config", str(cfg), "--json", "status").stdout)
             assert status["handover"]["available"] is True
             assert stop_daemon(proc) == 0
+    finally:
+        stop_daemon(proc)
+
+
+def test_tools_work_where_the_pipelines_code_is_not_installed(broker, topic, tmp_path) -> None:
+    """An instrument PC shares the daemon's config file but not its analysis code: omsctl and omsd upload
+    read only broker, producer and socket settings; only `omsd run` imports the step functions."""
+    analysis = tmp_path / "analysis" / "omsd_t_lab_analysis"
+    analysis.mkdir(parents=True)
+    (analysis / "__init__.py").write_text("")
+    (analysis / "calc.py").write_text(
+        "import os, pathlib\n\n"
+        "def analyze(datafile):\n"
+        "    pathlib.Path(os.environ['OMSD_T_ANALYZED'], datafile.filename).write_bytes(bytes(datafile.bytestring))\n")
+    analyzed = tmp_path / "analyzed"
+    analyzed.mkdir()
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("analyze", topic, "call: {function: omsd_t_lab_analysis.calc:analyze}"), workers=1)
+    step_line = next(i for i, line in enumerate(cfg.read_text().splitlines(), 1) if "omsd_t_lab_analysis" in line)
+
+    refused = subprocess.run([sys.executable, "-m", "omsd.cli", "run", "--config", str(cfg)], capture_output=True,
+                             text=True, cwd=REPO, timeout=60)
+    assert refused.returncode == 78, refused.stderr
+    assert f"{cfg}:{step_line}:" in refused.stderr and "omsd_t_lab_analysis" in refused.stderr
+
+    paths = [str(tmp_path / "analysis"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log,
+                        {"PYTHONPATH": os.pathsep.join(paths), "OMSD_T_ANALYZED": str(analyzed)})
+    try:
+        wait_for(lambda: (tmp_path / "state" / "omsd.sock").exists(), 60, "the control socket", proc, log)
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "scan.dat").write_bytes(b"counts\n" * 5000)
+        upload = subprocess.run([sys.executable, "-m", "omsd.cli", "upload", str(src / "scan.dat"), "--config",
+                                 str(cfg), "--topic", topic], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert upload.returncode == 0, upload.stderr
+        wait_for(lambda: (analyzed / "scan.dat").exists(), 60, "the analysis to run", proc, log)
+        assert (analyzed / "scan.dat").read_bytes() == b"counts\n" * 5000
+        wait_for(lambda: omsctl("--config", str(cfg), "check").returncode == 0, 30, "a healthy check", proc, log)
+        status = omsctl("--config", str(cfg), "--json", "status")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pipelines"][0]["name"] == "analyze"
+        stop = omsctl("--config", str(cfg), "stop", "--timeout", "30")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert proc.wait(10) == 0
     finally:
         stop_daemon(proc)

@@ -19,6 +19,7 @@ from omsd.config import (
     load_config,
     parse_size,
 )
+from workers.pipeline import validate_pipeline
 
 OMS_SAMPLE = Path(openmsistream.__file__).parent / "kafka_wrapper" / "config_files" / "local_broker_test.config"
 
@@ -347,14 +348,32 @@ def test_unknown_step_kind_is_a_config_error_with_the_line(tmp_path: Path) -> No
               - save: {{dir: {tmp_path}}}
               - teleport: {{to: mars}}
     """)
-    message = error_of(path)
+    message = error_of(path, validate_steps=validate_pipeline)
     assert "teleport" in message and str(path) in message
 
 
 def test_save_step_without_dir_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, "pipelines:\n  - name: p\n    topic: t\n    steps:\n      - save: {}\n")
-    message = error_of(path)
+    message = error_of(path, validate_steps=validate_pipeline)
     assert "dir" in message and str(path) in message
+
+
+def test_steps_are_checked_only_by_the_validator_the_caller_passes(tmp_path: Path) -> None:
+    path = write(tmp_path, f"""
+        pipelines:
+          - name: p
+            topic: t
+            steps:
+              - save: {{dir: {tmp_path}}}
+              - call: {{function: omsd_t_absent_module:analyze}}
+    """)
+    [pipeline] = load_config(path).pipelines  # no validator: the step's module is never imported
+    assert pipeline.steps[1] == ("call", {"function": "omsd_t_absent_module:analyze"})
+    message = error_of(path, validate_steps=validate_pipeline)
+    assert message.startswith(f"{path}:{line_of(path, 'omsd_t_absent_module')}:") and "omsd_t_absent_module" in message
+    seen: list[str] = []
+    load_config(path, validate_steps=lambda name, topic, steps: seen.append(name) or [])
+    assert seen == ["p"]
 
 
 # --------------------------------------------------------------------------- group_for

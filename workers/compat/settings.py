@@ -9,17 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from omsd.config import Config
 
 
-
 # -- configuration ----------------------------------------------------------------------------------
-def _is_ini(path: Path, text: str) -> bool:
-    return path.suffix in (".ini", ".config", ".cfg") or text.lstrip().startswith("[")
-
-
 def _expand_ini_value(value: str, where: str) -> str:
     if not value.startswith("$"):
         return value
@@ -35,7 +29,9 @@ def s3_settings(config_path: str | os.PathLike[str] | None) -> dict[str, str]:
         return {}
     path = Path(config_path)
     text = path.read_text(encoding="utf-8")
-    if not _is_ini(path, text):
+    from omsd.config import looks_like_ini
+
+    if not looks_like_ini(path, text):
         return {}
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(text, source=str(path))
@@ -46,14 +42,14 @@ def s3_settings(config_path: str | os.PathLike[str] | None) -> dict[str, str]:
 
 def load_compat_config(path: str | os.PathLike[str]) -> Config:
     """An omsd config from YAML or OpenMSIStream INI; an INI ``[s3]`` section is left to the S3 class."""
-    from omsd.config import ConfigError, _from_ini, load_config
+    from omsd.config import ConfigError, config_from_ini, load_config, looks_like_ini
 
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    if not _is_ini(path, text):
+    if not looks_like_ini(path, text):
         return load_config(path)
     parser = configparser.ConfigParser(interpolation=None)
     try:
@@ -67,7 +63,7 @@ def load_compat_config(path: str | os.PathLike[str]) -> Config:
     for section in parser.sections():
         lines.append(f"[{section}]")
         lines += [f"{key} = {value}" for key, value in parser.items(section)]
-    return _from_ini("\n".join(lines) + "\n", path)
+    return config_from_ini("\n".join(lines) + "\n", path)
 
 
 def class_spec(cls: type) -> str:
