@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 from confluent_kafka import KafkaError
@@ -20,7 +21,7 @@ from confluent_kafka import KafkaError
 from omsd import exitcodes
 from omsd.dispatch.backpressure import drained, saturated
 from omsd.config import Config, PipelineConfig
-from omsd.control.handlers import build_handlers, health
+from omsd.control.handlers import build_handlers
 from omsd.control.server import ControlServer
 from omsd.intake.handover import HandoverLog
 from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
@@ -28,6 +29,7 @@ from omsd.intake.consumer import Intake
 from omsd.dispatch.jobs import FileJobs
 from omsd.kafka import make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
+from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry
@@ -281,7 +283,7 @@ class Supervisor:
                 and self.state is DaemonState.RUNNING:
             cutoff = time.time() - self.config.retry_failed_after_secs
             self.jobs.retry_failed(lambda row: row["updated"] <= cutoff)
-        if self.ready_sent and now >= self.next_watchdog and health(self)[0]:
+        if self.ready_sent and now >= self.next_watchdog and self.health()[0]:
             self.notifier.watchdog()
             self.next_watchdog = now + self.watchdog_every
 
@@ -299,6 +301,22 @@ class Supervisor:
         return (f"{totals['files_completed']} files done, {totals['files_failed']} failed, {in_progress} assembling, "
                 f"{self.pool.pending()} queued; staging {self.staging.memory_used >> 20} MiB memory, "
                 f"{self.staging.spill_used >> 20} MiB spill")
+
+    # -- what the control socket sees (omsd.control.handlers.DaemonView) ---------------------------------
+    def health(self) -> tuple[bool, list[str]]:
+        return assess_health(pool=self.pool, intakes=self.intakes, staging=self.staging,
+                             broker_down_since=self.broker_down_since, uptime_s=time.time() - self.started)
+
+    def status(self) -> dict:
+        return status_report(state=self.state, uptime_s=time.time() - self.started, config=self.config,
+                             intakes=self.intakes, staging=self.staging, pool=self.pool, stats=self.stats,
+                             handover=self.handover)
+
+    def failed_files(self) -> list[dict]:
+        return self.registry.failed()
+
+    def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
+        return self.jobs.retry_failed(wanted)
 
     def finish_revoked(self, intake: Intake, tps: set[tuple[str, int]]) -> None:
         """Partitions are being revoked: let completed files from them finish first (bounded), so the

@@ -1,0 +1,72 @@
+"""What the daemon says about itself: the health verdict (``omsctl check``, the watchdog) and the status report.
+
+Both are computed from the parts their owner, the supervisor, hands in; nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from omsd.states import DaemonState, ProcessState
+
+if TYPE_CHECKING:
+    from omsd.config import Config
+    from omsd.dispatch.pool import WorkerPool
+    from omsd.intake.consumer import Intake
+    from omsd.intake.handover import HandoverLog
+    from omsd.intake.staging import Staging
+    from omsd.telemetry.totals import Stats
+
+RECENT_DEATH_S = 30.0  # a worker that died this recently makes the daemon "degraded"
+NO_ASSIGNMENT_GRACE_S = 30.0
+RECENT_SHOWN = 20  # rejections and errors listed by `omsctl status`
+
+
+def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Staging,
+                  broker_down_since: float | None, uptime_s: float) -> tuple[bool, list[str]]:
+    """Healthy, or the reasons why not (each one a sentence for an operator)."""
+    reasons = []
+    now = time.monotonic()
+    for slot in pool.slots:
+        if slot.state is not ProcessState.RUNNING:
+            reasons.append(f"worker slot {slot.index} is {slot.state.value}")
+        elif slot.last_death is not None and now - slot.last_death < RECENT_DEATH_S:
+            reasons.append(f"worker slot {slot.index} died {now - slot.last_death:.0f}s ago")
+    if broker_down_since is not None and now - broker_down_since > 1.0:
+        reasons.append(f"broker unreachable for {now - broker_down_since:.0f}s")
+    if staging.memory_used > staging.memory_budget:
+        reasons.append("staging memory above its budget")
+    for intake in intakes:
+        if "staging_full" in intake.pause_reasons:
+            reasons.append(f"staging disk full; consumer group {intake.group_id} paused")
+        if not intake.assigned and uptime_s > NO_ASSIGNMENT_GRACE_S:
+            reasons.append(f"consumer group {intake.group_id} has no partitions assigned")
+    return not reasons, reasons
+
+
+def status_report(*, state: DaemonState, uptime_s: float, config: Config, intakes: Sequence[Intake],
+                  staging: Staging, pool: WorkerPool, stats: Stats, handover: HandoverLog | None) -> dict[str, Any]:
+    """Everything ``omsctl status`` shows (JSON-ready)."""
+    now = time.monotonic()
+    rejected: dict[str, int] = {}
+    for intake in intakes:
+        for reason, count in intake.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    return {
+        "pid": os.getpid(), "state": state.value, "uptime_s": round(uptime_s, 1),
+        "pipelines": [{"name": p.name, "topic": p.topic, "group": config.group_for(p)} for p in config.pipelines],
+        "partitions": [row for intake in intakes for row in intake.describe_partitions()],
+        "in_progress": [a.describe(now) for intake in intakes for a in intake.assembler.files.values()],
+        "staging": staging.snapshot(),
+        "workers": pool.describe(),
+        "totals": dict(stats.totals),
+        "rejected": rejected,
+        "handover": {"topic": handover.topic if handover else None,
+                     "available": bool(handover and handover.available),
+                     "skipped_messages": sum(intake.handed_over_skipped for intake in intakes)},
+        "recent_rejections": [r for intake in intakes for r in intake.recent_rejections][-RECENT_SHOWN:],
+        "recent_errors": stats.recent_errors[-RECENT_SHOWN:],
+    }
