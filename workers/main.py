@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from omsd.exitcodes import RET_WORKER_BOOT
 from workers.mapped import for_each_window
 
 BLOCK = 8 << 20
-EXIT_BOOT_FAILURE = 4  # mirrors omsd.exitcodes.RET_WORKER_BOOT
 
 
 def file_sha512(path: str, size: int) -> bytes:
@@ -134,7 +134,7 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         return
     if os.getppid() == 1:  # the supervisor died before we got here
-        os._exit(EXIT_BOOT_FAILURE)
+        os._exit(RET_WORKER_BOOT)
 
 
 def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | None) -> None:
@@ -160,7 +160,7 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
         try:
             conn.send({"type": "boot_failed", "error": repr(exc)})
         finally:
-            sys.exit(EXIT_BOOT_FAILURE)
+            sys.exit(RET_WORKER_BOOT)
     assert "confluent_kafka" not in sys.modules, "workers must not import confluent_kafka"
     conn.send({"type": "ready", "pid": os.getpid()})
     while True:

@@ -20,9 +20,10 @@ from typing import Any
 import structlog
 
 from omsd.dispatch.backpressure import Backlog
+from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.wire.sharding import worker_slot_for
 from omsd.states import ProcessState
-from workers.main import EXIT_BOOT_FAILURE, worker_main
+from workers.main import worker_main
 
 log = structlog.get_logger(__name__)
 
@@ -206,7 +207,7 @@ class WorkerPool:
             slot.conn = None
             booted = slot.state is ProcessState.RUNNING
             task, slot.current = slot.current, None
-            if not booted and code == EXIT_BOOT_FAILURE:
+            if not booted and code == RET_WORKER_BOOT:
                 slot.boot_failures += 1
             log.error("worker died", slot=slot.index, pid=slot.process.pid, exitcode=code,
                       file=task.relative_path if task else None)
