@@ -18,14 +18,13 @@ import structlog
 from confluent_kafka import Producer
 
 from omsd import exitcodes
-from omsd.config import Config, ConfigError, load_config
+from omsd.config import ConfigError, load_config
 from omsd.kafka import producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
-from omsd.upload.engine import (
-    DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, UploadError, collect_files, open_producer,
-)
+from omsd.upload.console import connect, print_error
+from omsd.upload.engine import DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, collect_files
 
 log = structlog.get_logger(__name__)
 
@@ -55,11 +54,6 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                         help="threads reading and hashing files (default: min(4, CPUs))")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
-
-
-def print_error(message: str) -> None:
-    """One error line on stderr, prefixed with the command name."""
-    print(f"omsd upload: error: {message}", file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -142,17 +136,6 @@ def upload_command(args: argparse.Namespace) -> int:
         return exitcodes.RET_ERROR
     producer, partitions = connected
     return _upload_files(producer, partitions, entries, total_bytes, args)
-
-
-def connect(config: Config, args: argparse.Namespace) -> tuple[Producer, int | None] | None:
-    """The producer and the topic's partition count, or None after printing why the broker is unusable."""
-    try:
-        producer, partitions, _ = open_producer(config, args.topic, file_affine=args.partitioner == "file",
-                                                connect_timeout=args.connect_timeout)
-    except UploadError as exc:
-        print_error(str(exc))
-        return None
-    return producer, partitions
 
 
 def _upload_files(producer: Producer, partitions: int | None, entries: list[FileEntry], total_bytes: int,

@@ -35,7 +35,7 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
-from omsd.upload.command import connect, print_error
+from omsd.upload.console import connect, print_error
 from omsd.upload.engine import FileEntry, FileJob, Uploader, UploadError, walk_directory
 
 log = structlog.get_logger(__name__)
