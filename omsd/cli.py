@@ -74,10 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_arguments(service)
     service.set_defaults(func=_service_command)
 
-    broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback")
+    broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback",
+                            description="Run the embedded Kafka-protocol broker (Tansu) on loopback, for "
+                                        "development and tests. It keeps topics, messages and committed "
+                                        "offsets in memory only: a restarted broker starts empty.")
     broker.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
-    broker.add_argument("--data-dir", type=Path, default=None, help="directory for the broker's log")
+    broker.add_argument("--data-dir", type=Path, default=None,
+                        help="directory for the broker's log file (logs only: topics are not kept)")
     broker.set_defaults(func=_broker_command)
+
+    from omsd.registry_tools import add_registry_parser
+
+    add_registry_parser(sub)
     return parser
 
 

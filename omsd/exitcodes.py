@@ -12,6 +12,9 @@ RET_WORKER_BOOT         4  a worker process failed to boot (import error in a
                            restart-looping
 RET_KILLED              5  forced stop (second SIGTERM/SIGINT): in-flight work
                            abandoned; offsets not committed past it
+RET_REGISTRY_DAMAGED   65  the registry cannot be read (damaged, truncated,
+                           overwritten, empty): one message names the file and
+                           what to do; systemd must not restart (EX_DATAERR)
 RET_LOCKED             75  another daemon holds the state directory
                            (EX_TEMPFAIL: retrying later may succeed)
 RET_CONFIG             78  configuration invalid or unreadable (EX_CONFIG);
@@ -33,6 +36,7 @@ RET_USAGE = 2
 RET_NOT_RUNNING = 3
 RET_WORKER_BOOT = 4
 RET_KILLED = 5
+RET_REGISTRY_DAMAGED = 65
 RET_LOCKED = 75
 RET_CONFIG = 78
 

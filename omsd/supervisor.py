@@ -32,7 +32,7 @@ from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
-from omsd.registry import Registry
+from omsd.registry import Registry, RegistryDamaged
 from omsd.intake.staging import Staging
 from omsd.states import DaemonState
 from omsd.telemetry.totals import Stats
@@ -134,8 +134,14 @@ class Supervisor:
         except WorkerBootError as exc:
             log.error("workers cannot boot", error=str(exc))
             return exitcodes.RET_WORKER_BOOT
+        except RegistryDamaged as exc:
+            self._registry_damaged(exc)
+            self.shutdown()
+            return self.exit_code
         try:
             while self.state in (DaemonState.RUNNING, DaemonState.DRAINING):
+                if self.registry.damaged is not None:  # seen by a query whose caller carried on (control socket)
+                    raise self.registry.damaged
                 self.handle_signals()
                 self.read_chunks()
                 self.handle_worker_events()
@@ -149,9 +155,19 @@ class Supervisor:
         except WorkerBootError as exc:
             log.error("workers cannot boot; stopping", error=str(exc))
             self.exit_code = exitcodes.RET_WORKER_BOOT
+        except RegistryDamaged as exc:
+            self._registry_damaged(exc)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the stop below still runs in order
+            log.exception("supervisor failed; stopping")
+            self.exit_code = exitcodes.RET_ERROR
         finally:
             self.shutdown()
         return self.exit_code
+
+    def _registry_damaged(self, exc: RegistryDamaged) -> None:
+        """No outcome can be recorded: stop (offsets stay below every unrecorded outcome), never restart."""
+        log.error(f"registry damaged: {exc.path}: {exc.detail}; {exc.advice}", path=str(exc.path))
+        self.exit_code = exitcodes.RET_REGISTRY_DAMAGED
 
     def handle_signals(self) -> None:
         while self.signals:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from omsd import exitcodes
 from omsd.telemetry.systemd import Notifier, watchdog_interval
 
 UNIT_DIR = Path(__file__).resolve().parents[2] / "systemd"
@@ -103,11 +104,15 @@ def test_unit_files_declare_the_contract():
     for name in ("omsd.service", "omsd@.service"):
         text = (UNIT_DIR / name).read_text()
         for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "KillMode=mixed",
-                     "TimeoutStopSec=90", "Restart=on-failure", "RestartPreventExitStatus=78 4",
+                     "TimeoutStopSec=90", "Restart=on-failure",
                      "User=omsd", "Group=omsd", "ProtectSystem=strict",
                      "ReadWritePaths=/srv/omsd", "NoNewPrivileges=yes", "PrivateTmp=yes"):
             assert f"\n{line}\n" in text, (name, line)
         assert "stop --timeout 60" in text
+        # Exit codes that a restart cannot mend stop systemd's restart loop.
+        (prevent,) = [line for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
+        assert set(prevent.split("=", 1)[1].split()) == {
+            str(exitcodes.RET_CONFIG), str(exitcodes.RET_WORKER_BOOT), str(exitcodes.RET_REGISTRY_DAMAGED)}, name
     assert "/etc/omsd/%i.yaml" in (UNIT_DIR / "omsd@.service").read_text()
     assert "StateDirectory=omsd/%i" in (UNIT_DIR / "omsd@.service").read_text()
 
