@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     command("status", "show pipelines, partitions, files in progress, workers and totals")
     stop = command("stop", "ask for a graceful stop and wait until the daemon is gone")
     stop.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                      help="graceful-stop time allowed to the daemon (default 60)")
+                      help="graceful-stop time allowed to the daemon, > 0 (default 60)")
     command("failed", "list files whose pipeline failed")
     retry = command("retry", "queue failed files for another attempt")
     which = retry.add_mutually_exclusive_group(required=True)
@@ -285,8 +285,8 @@ def _socket_gone(path: Path) -> bool:
 
 
 def _cmd_stop(client: ControlClient, args: argparse.Namespace) -> int:
-    if args.timeout < 0:
-        raise _Failure("omsctl: --timeout must be >= 0", exitcodes.RET_USAGE)
+    if not args.timeout > 0:
+        raise _Failure("omsctl: --timeout must be a positive number of seconds", exitcodes.RET_USAGE)
     pid_reply = _request(client, "stop", timeout=args.timeout).get("pid")
     pid = pid_reply if isinstance(pid_reply, int) else None
     create_time = None

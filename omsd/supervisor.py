@@ -183,14 +183,15 @@ class Supervisor:
                 return
             self.request_stop(f"{name} received")
 
-    def request_stop(self, why: str) -> None:
-        """Begin the graceful stop: no new fetches, in-flight work may finish within the timeout."""
+    def request_stop(self, why: str, timeout: float | None = None) -> None:
+        """Begin the graceful stop: no new fetches, in-flight work may finish within the timeout
+        (``timeout`` seconds when given, else ``shutdown_timeout_secs``)."""
         if self.state is not DaemonState.RUNNING:
             return
         log.info("graceful stop requested", reason=why)
         self.notifier.stopping(status=f"stopping: {why}")
         self.state = DaemonState.DRAINING
-        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout_secs
+        self.stop_deadline = time.monotonic() + (self.config.shutdown_timeout_secs if timeout is None else timeout)
         for intake in self.intakes:
             intake.pause("stopping")
         # Files not yet started are handed back: their offsets stay held, so a restart reads them again.

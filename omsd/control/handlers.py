@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from omsd.control.server import CommandError
+from omsd.control.requests import retry_selection, stop_timeout
 from omsd.states import DaemonState
 
 
@@ -27,8 +27,8 @@ class DaemonView(Protocol):
     def status(self) -> dict[str, Any]:
         """The status report (JSON-ready)."""
 
-    def request_stop(self, why: str) -> None:
-        """Begin the graceful stop."""
+    def request_stop(self, why: str, timeout: float | None = None) -> None:
+        """Begin the graceful stop (``timeout``: seconds allowed, else the configured time)."""
 
     def failed_files(self) -> list[dict]:
         """Files whose pipelines failed, as the registry lists them."""
@@ -44,17 +44,15 @@ def build_handlers(daemon: DaemonView) -> dict[str, Callable[[dict], dict]]:
         ok, reasons = daemon.health()
         return {"healthy": ok, "reasons": reasons, "state": daemon.state.value, "pid": os.getpid()}
 
-    def stop(_req: dict) -> dict:
-        daemon.request_stop("omsctl stop")
+    def stop(req: dict) -> dict:
+        daemon.request_stop("omsctl stop", timeout=stop_timeout(req))
         return {"pid": os.getpid()}
 
     def failed(_req: dict) -> dict:
         return {"files": daemon.failed_files()}
 
     def retry(req: dict) -> dict:
-        path, everything = req.get("path"), bool(req.get("all"))
-        if not path and not everything:
-            raise CommandError("retry needs a path or all=true")
-        return {"queued": daemon.retry_failed(lambda row: everything or row["path"] == path)}
+        paths = retry_selection(req, daemon.failed_files())
+        return {"queued": daemon.retry_failed(lambda row: paths is None or row["path"] in paths)}
 
     return {"check": check, "status": lambda _req: daemon.status(), "stop": stop, "failed": failed, "retry": retry}

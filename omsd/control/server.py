@@ -10,6 +10,11 @@ A handler receives the request object and returns a dict; the reply is that
 dict with ``"ok": true`` added (a handler may set ``"ok": false`` itself, or
 raise ``CommandError`` to reply an error without a logged traceback). Any other
 exception is logged and answered with ``{"ok": false, "error": ...}``.
+
+Connections cannot crowd an operator out: one that sends nothing for
+``idle_timeout`` seconds (5) is closed, and when ``max_clients`` are open the
+one that has been quiet longest is closed to admit the newcomer, so that
+``omsctl check`` always gets through.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ Handler = Callable[[dict[str, Any]], Mapping[str, Any] | None]
 
 _RECV_BYTES = 65536
 _MAX_PENDING_REPLY_BYTES = 4 * 1024 * 1024  # stop reading a client that does not read replies
+IDLE_TIMEOUT_S = 5.0  # a request is sent at once after connecting; a quiet connection only holds a slot
 
 
 class ControlSocketInUse(ControlError):
@@ -72,7 +78,7 @@ class ControlServer:
         handlers: Mapping[str, Handler],
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_clients: int = 128,
-        idle_timeout: float = 60.0,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
         self.handlers = handlers
@@ -205,32 +211,46 @@ class ControlServer:
             if mask & selectors.EVENT_WRITE and client.sock.fileno() >= 0:
                 self._flush(client)
         self._drop_idle(time.monotonic())
+        self._resume_accepting()  # a reply was sent: its connection may now make room
 
     def _accept(self) -> None:
         if not self._accepting:
             return  # became full earlier in this round
         assert self._listener is not None and self._selector is not None
-        while len(self._clients) < self.max_clients:
+        evicted = 0
+        while len(self._clients) < self.max_clients or self._quietest() is not None:
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # EMFILE and friends: keep serving the others
                 log.warning("control socket accept failed", error=str(exc))
-                return
+                break
+            if len(self._clients) >= self.max_clients:
+                quiet = self._quietest()
+                assert quiet is not None
+                self._drop(quiet)
+                evicted += 1
             sock.setblocking(False)
             client = _Client(sock, self.max_request_bytes, time.monotonic())
             self._clients[sock.fileno()] = client
             self._selector.register(sock, client.events, client)
-        # Full: leave further connections waiting in the listen backlog until one closes.
-        log.warning("control connection limit reached; new connections wait",
-                    limit=self.max_clients)
-        self._selector.unregister(self._listener)
-        self._accepting = False
+        if evicted:
+            log.warning("control connection limit reached; closed the quietest connections to admit new ones",
+                        limit=self.max_clients, closed=evicted)
+        if len(self._clients) >= self.max_clients and self._quietest() is None:
+            # Every connection is being answered: leave newcomers in the listen backlog until one closes.
+            self._selector.unregister(self._listener)
+            self._accepting = False
+
+    def _quietest(self) -> _Client | None:
+        """The connection that has been quiet longest, not counting those with a reply still being sent."""
+        quiet = [c for c in self._clients.values() if not c.out]
+        return min(quiet, key=lambda c: c.last_active) if quiet else None
 
     def _resume_accepting(self) -> None:
         if (not self._accepting and self._listener is not None and self._selector is not None
-                and len(self._clients) < self.max_clients):
+                and (len(self._clients) < self.max_clients or self._quietest() is not None)):
             self._selector.register(self._listener, selectors.EVENT_READ, None)
             self._accepting = True
 

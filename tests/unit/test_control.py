@@ -369,20 +369,56 @@ def test_watched_fd_wakes_poll_and_runs_callback(sock_path):
         os.close(write_end)
 
 
-def test_connections_beyond_the_limit_wait_until_one_closes(sock_path):
+def test_at_the_limit_the_quietest_connection_makes_room(sock_path):
     with serving(ControlServer(sock_path, HANDLERS, max_clients=2)) as srv:
         first, second = _connect(sock_path), _connect(sock_path)
         deadline = time.monotonic() + 5
         while srv.n_clients < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with _connect(sock_path) as third:  # queued in the backlog, not refused
+        second.sendall(b" ")  # second has spoken since: first is the quietest
+        time.sleep(0.1)
+        with _connect(sock_path) as third:
             third.sendall(b'{"cmd": "echo", "n": 3}\n')
-            third.settimeout(0.3)
-            with pytest.raises(TimeoutError):
-                third.recv(100)
-            first.close()
             third.settimeout(5)
             assert Replies(third).line()["echo"]["n"] == 3
+        first.settimeout(5)
+        assert first.recv(10) == b""  # closed to admit the newcomer
         second.sendall(b'{"cmd": "echo", "n": 2}\n')
         assert Replies(second).line()["echo"]["n"] == 2
+        first.close()
         second.close()
+
+
+def test_check_gets_through_200_connections_that_keep_talking(sock_path):
+    """More connections than the limit (and the listen backlog) that trickle whitespace, so that
+    closing idle connections alone would not free a slot: a request still gets its reply at once."""
+    with serving(ControlServer(sock_path, HANDLERS)):
+        crowd = []
+        try:
+            for _ in range(200):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                crowd.append(sock)
+                sock.connect(str(sock_path))  # blocking: waits while the listen backlog is full
+                sock.setblocking(False)
+            done = threading.Event()
+
+            def trickle() -> None:
+                while not done.is_set():
+                    for sock in crowd:
+                        try:
+                            sock.send(b" ")
+                        except OSError:
+                            pass  # closed by the server to make room: that is the point
+                    done.wait(0.2)
+
+            talker = threading.Thread(target=trickle, daemon=True)
+            talker.start()
+            time.sleep(0.5)
+            started = time.monotonic()
+            reply = ControlClient(sock_path, timeout=5).request("echo", n=1)
+            assert reply["echo"]["n"] == 1 and time.monotonic() - started < 5
+            done.set()
+            talker.join(5)
+        finally:
+            for sock in crowd:
+                sock.close()

@@ -235,7 +235,8 @@ def test_stop_waits_for_process_and_socket_to_go(daemon, sock, sleeper, capsys):
 def test_stop_reports_still_running(daemon, sock, sleeper, capsys, monkeypatch):
     monkeypatch.setattr(ctl, "STOP_GRACE_S", 0.5)
     daemon.on_stop = lambda request: {"pid": sleeper.pid}
-    assert run(sock, "stop", "--timeout", "0", "--json") == exitcodes.RET_ERROR
+    assert run(sock, "stop", "--timeout", "0", "--json") == exitcodes.RET_USAGE  # not a positive time
+    assert run(sock, "stop", "--timeout", "0.01", "--json") == exitcodes.RET_ERROR
     report = json.loads(capsys.readouterr().out)
     assert report["stopped"] is False and report["pid"] == sleeper.pid
     assert sleeper.poll() is None
