@@ -66,13 +66,19 @@ class Counters:
         return snapshot
 
 
+# OpenMSIStream's DataFileUploadDirectory heartbeat carries only what it produced.
+UPLOAD_COUNTER_KEYS = ("n_messages_produced", "n_bytes_produced")
+
+
 def heartbeat_message(
-    program_id: str, counters: dict[str, int], now: datetime.datetime | None = None
+    program_id: str, counters: dict[str, int], now: datetime.datetime | None = None,
+    keys: tuple[str, ...] = _VALUE_ORDER,
 ) -> tuple[str, bytes]:
     """Return ``(key, value)`` of one heartbeat message for ``program_id``.
 
     ``now`` defaults to the current time; a naive ``now`` is taken as UTC.
-    Missing counters are sent as 0.
+    ``keys`` are the counters sent (default: a reproducer's six; the
+    uploader's are :data:`UPLOAD_COUNTER_KEYS`); missing ones are sent as 0.
     """
     if now is None:
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -81,7 +87,7 @@ def heartbeat_message(
     else:
         now = now.astimezone(datetime.timezone.utc)
     value: dict[str, object] = {"timestamp": now.isoformat()}
-    for key in _VALUE_ORDER:
+    for key in keys:
         value[key] = int(counters.get(key, 0))
     return f"{program_id}_heartbeat", json.dumps(value).encode("utf-8")
 

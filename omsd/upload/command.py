@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -24,7 +25,29 @@ from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
-from omsd.upload.engine import DEFAULT_CONNECT_TIMEOUT, FileEntry, FileJob, Uploader, collect_files
+from omsd.upload.engine import (
+    CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader,
+    collect_files,
+)
+from omsd.upload.telemetry import add_telemetry_arguments
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {text!r}") from None
+
+
+def _chunk_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if value <= 0 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{value} is not a power of two (as in OpenMSIStream; e.g. "
+                                         f"{DEFAULT_CHUNK_SIZE})")
+    return value
 
 log = structlog.get_logger(__name__)
 
@@ -34,26 +57,47 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files and directories to upload")
     parser.add_argument("--config", required=True, type=Path, help="YAML (or OpenMSIStream INI) config file")
     parser.add_argument("--topic", "--topic_name", dest="topic", required=True, help="topic to produce to")
-    parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
-                        metavar="B", help=f"bytes of file data per message (default {DEFAULT_CHUNK_SIZE})")
+    parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=_chunk_size,
+                        default=DEFAULT_CHUNK_SIZE, metavar="B",
+                        help=f"bytes of file data per message, a power of two (default {DEFAULT_CHUNK_SIZE})")
     parser.add_argument("--watch", action="store_true",
                         help="keep running on one directory, uploading files that appear or change")
     parser.add_argument("--partitioner", choices=("file", "default"), default="file",
                         help="'file': all chunks of a file in one partition (default); "
                              "'default': librdkafka's partitioner")
-    parser.add_argument("--stable-secs", dest="stable_secs", type=float, default=3.0, metavar="S",
+    parser.add_argument("--upload-regex", "--upload_regex", dest="upload_regex", type=_regex, default=None,
+                        metavar="REGEX",
+                        help="only files whose path relative to the directory matches REGEX from its start. "
+                             "Default with --watch: OpenMSIStream's "
+                             f"'{OPENMSISTREAM_UPLOAD_REGEX.replace('%', '%%')}' (skips paths starting with '.' or "
+                             "containing 'log' after the first character, e.g. x.log, catalog.csv; '.*' sends "
+                             "everything); without --watch: every file of a directory")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--upload-existing", "--upload_existing", dest="upload_existing", action="store_true",
+                          help="watch: on the first start, upload the files already in the directory too")
+    existing.add_argument("--skip-existing", dest="upload_existing", action="store_false",
+                          help="watch: on the first start, treat files already present as uploaded (the default, "
+                               "as in OpenMSIStream)")
+    parser.add_argument("--stable-secs", "--watchdog-lag-time", "--watchdog_lag_time", dest="stable_secs", type=float,
+                        default=3.0, metavar="S",
                         help="watch: upload a file once its size and mtime are unchanged for S seconds (default 3)")
+    parser.add_argument("--use-polling-observer", "--use_polling_observer", dest="use_polling_observer",
+                        action="store_true",
+                        help="watch: poll the directory instead of inotify (network shares such as SMB/CIFS or "
+                             "NFS, where inotify misses changes)")
     parser.add_argument("--state", type=Path, default=None, metavar="FILE",
                         help="watch: SQLite file remembering uploaded files "
                              "(default state_dir/upload-<hash of dir and topic>.sqlite)")
-    parser.add_argument("--skip-existing", dest="skip_existing", action="store_true",
-                        help="watch: on the first start, treat files already present as uploaded")
     parser.add_argument("--connect-timeout", dest="connect_timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
                         metavar="S", help=f"give up when the broker does not answer within S seconds "
                                           f"(default {DEFAULT_CONNECT_TIMEOUT:g})")
-    parser.add_argument("--readers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
-                        help="threads reading and hashing files (default: min(4, CPUs))")
+    parser.add_argument("--readers", "--n_threads", dest="readers", type=int, default=min(4, os.cpu_count() or 1),
+                        metavar="N", help="threads reading and hashing files (default: min(4, CPUs))")
+    parser.add_argument("--queue-max-size", "--queue_max_size", dest="queue_mb", type=int,
+                        default=CHUNK_QUEUE_BYTES >> 20, metavar="MB",
+                        help=f"MB of encoded chunks waiting to be produced (default {CHUNK_QUEUE_BYTES >> 20})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
+    add_telemetry_arguments(parser)
 
 
 class Progress:
@@ -114,14 +158,17 @@ def upload_command(args: argparse.Namespace) -> int:
         return exitcodes.RET_CONFIG
     max_message = int(producer_config(config).get("message.max.bytes", 1 << 20))
     if not 1 <= args.chunk_size <= max_message - 65536:
-        print_error(f"--chunk-size must be between 1 and {max_message - 65536} bytes (message.max.bytes)")
+        print_error(f"--chunk-size must be at most {max_message - 65536} bytes (message.max.bytes)")
+        return exitcodes.RET_USAGE
+    if args.queue_mb < 1:
+        print_error("--queue-max-size must be at least 1 MB")
         return exitcodes.RET_USAGE
     if args.watch:
         from omsd.upload.watcher import watch_command
 
         return watch_command(args, config)
     try:
-        entries = collect_files(args.paths)
+        entries = collect_files(args.paths, args.upload_regex)
     except (FileNotFoundError, OSError) as exc:
         print_error(str(exc))
         return exitcodes.RET_USAGE
@@ -156,7 +203,7 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers, on_done=done)
+                        readers=args.readers, on_done=done, queue_bytes=args.queue_mb << 20)
     try:
         for entry in entries:
             uploader.submit(entry)

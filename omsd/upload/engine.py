@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import stat
 import threading
 import time
@@ -25,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from omsd.config import Config
 from omsd.kafka import make_producer, producer_config
+from omsd.telemetry.heartbeat import Counters
 from omsd.wire.paths import UnsafePathError, safe_relative_path
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
 from omsd.wire.sharding import shard_for
@@ -37,6 +39,10 @@ IN_MEMORY_FILE_BYTES = 64 << 20
 # Encoded chunks waiting between the reader threads and the producer.
 CHUNK_QUEUE_BYTES = 64 << 20
 DEFAULT_CONNECT_TIMEOUT = 15.0
+# OpenMSIStream's DataFileUploadDirectory default (RunConstants.DEFAULT_UPLOAD_REGEX), verbatim. Matched from the
+# start of the relative path, it skips paths that start with "." or contain "log" after their first character
+# (x.log, but also catalog.csv and mylogs/a.dat), and names with a newline ("." does not match one).
+OPENMSISTREAM_UPLOAD_REGEX = r"^((?!(\.|.*.log))).*$"
 
 
 class UploadError(RuntimeError):
@@ -54,6 +60,34 @@ class FileEntry:
     @property
     def relative_path(self) -> str:
         return f"{self.subdir_str}/{self.filename}" if self.subdir_str else self.filename
+
+    def cannot_travel(self) -> str | None:
+        """Why this file's name cannot be sent as an OpenMSIStream chunk, or None when it can.
+
+        The wire's ``filename`` and ``subdir_str`` are UTF-8 strings, so a name
+        that is not valid UTF-8 (kept by the OS as surrogate escapes) cannot be
+        sent as it is; readers refuse names with a backslash or a NUL.
+        """
+        try:
+            self.relative_path.encode("utf-8")
+        except UnicodeEncodeError:
+            return "its name is not valid UTF-8 (OpenMSIStream's file names are UTF-8 strings); rename it to send it"
+        try:
+            safe_relative_path(self.subdir_str, self.filename)
+        except UnsafePathError as exc:
+            return f"readers refuse its name ({exc})"
+        return None
+
+
+def display_path(rel: str) -> str:
+    """A relative path for one line of output: as it is when printable, else quoted with escapes."""
+    if rel.isprintable():
+        return rel
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by the OS as surrogate escapes: show the bytes
+        return repr(os.fsencode(rel))[1:]
+    return repr(rel)
 
 
 @dataclass(eq=False)
@@ -75,11 +109,14 @@ class FileJob:
     error: str | None = None
     finished: bool = False
     on_done: Callable[["FileJob"], None] | None = field(default=None, repr=False)
+    on_acked: Callable[[int], None] | None = field(default=None, repr=False)
 
-    def delivered(self, err: KafkaError | None, _msg: object) -> None:
+    def delivered(self, err: KafkaError | None, msg) -> None:
         """Delivery report of one chunk (called on the producing thread)."""
         if err is None:
             self.n_acked += 1
+            if self.on_acked is not None:
+                self.on_acked(len(msg))
         else:
             self.n_failed += 1
             if self.error is None:
@@ -94,12 +131,15 @@ class FileJob:
             self.on_done(self)
 
 
-def collect_files(paths: list[Path]) -> list[FileEntry]:
-    """Expand file and directory arguments; raise FileNotFoundError for a missing one."""
+def collect_files(paths: list[Path], match: re.Pattern[str] | None = None) -> list[FileEntry]:
+    """Expand file and directory arguments; raise FileNotFoundError for a missing one.
+
+    ``match`` filters the files found in directories; files named directly are always kept.
+    """
     entries: list[FileEntry] = []
     for given in paths:
         if given.is_dir():
-            entries.extend(walk_directory(given))
+            entries.extend(walk_directory(given, match=match))
         elif given.is_file():
             entries.append(FileEntry(given, "", given.name))
         elif given.exists():
@@ -109,8 +149,12 @@ def collect_files(paths: list[Path]) -> list[FileEntry]:
     return entries
 
 
-def walk_directory(root: Path, *, skip_hidden: bool = False) -> Iterator[FileEntry]:
-    """Regular files under ``root`` in sorted order, with their posix subdirectory."""
+def walk_directory(root: Path, *, skip_hidden: bool = False,
+                   match: re.Pattern[str] | None = None) -> Iterator[FileEntry]:
+    """Regular files under ``root`` in sorted order, with their posix subdirectory.
+
+    ``match`` keeps only relative paths it matches from their start (``re.match``, as OpenMSIStream does).
+    """
     for dirpath, dirnames, filenames in os.walk(root):
         if skip_hidden:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -119,6 +163,8 @@ def walk_directory(root: Path, *, skip_hidden: bool = False) -> Iterator[FileEnt
         subdir = "" if rel_dir == "." else rel_dir
         for name in sorted(filenames):
             if skip_hidden and name.startswith("."):
+                continue
+            if match is not None and not match.match(f"{subdir}/{name}" if subdir else name):
                 continue
             path = Path(dirpath, name)
             try:
@@ -134,20 +180,23 @@ class Uploader:
 
     ``submit`` queues files; the caller drives sending with ``pump`` and ends
     with ``finish``. ``on_done(job)`` runs on the caller's thread for every file.
+    ``acked`` counts the chunk messages the broker acknowledged (bytes: their
+    value's length, as OpenMSIStream's heartbeats count them).
     """
 
     def __init__(self, producer: Producer, topic: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  partitions: int | None = None, readers: int = 2,
-                 on_done: Callable[[FileJob], None] | None = None) -> None:
+                 on_done: Callable[[FileJob], None] | None = None, queue_bytes: int = CHUNK_QUEUE_BYTES) -> None:
         self.producer = producer
         self.topic = topic
         self.chunk_size = chunk_size
         self.partitions = partitions
         self.on_done = on_done
         self.bytes_produced = 0
+        self.acked = Counters()
         self.pending: set[FileJob] = set()
         self._jobs: queue.Queue[FileJob | None] = queue.Queue()
-        self._chunks: queue.Queue[tuple] = queue.Queue(max(4, CHUNK_QUEUE_BYTES // max(chunk_size, 1)))
+        self._chunks: queue.Queue[tuple] = queue.Queue(max(4, queue_bytes // max(chunk_size, 1)))
         self._abort = threading.Event()
         self._readers = [threading.Thread(target=self._read_loop, name=f"omsd-upload-reader-{i}", daemon=True)
                          for i in range(max(1, readers))]
@@ -158,7 +207,7 @@ class Uploader:
 
     def submit(self, entry: FileEntry, skip_if_sha512: bytes | None = None) -> FileJob:
         """Queue one file for upload."""
-        job = FileJob(entry, skip_if_sha512=skip_if_sha512, on_done=self._job_done)
+        job = FileJob(entry, skip_if_sha512=skip_if_sha512, on_done=self._job_done, on_acked=self.acked.add_produced)
         self.pending.add(job)
         self._jobs.put(job)
         return job
@@ -252,8 +301,8 @@ class Uploader:
                 self._read_file(job)
             except OSError as exc:
                 job.error = f"cannot read {job.entry.path}: {exc.strerror or exc}"
-            except (UnsafePathError, UnicodeError) as exc:
-                job.error = f"cannot send {job.entry.relative_path!r}: {exc}"
+            except UnsafePathError as exc:
+                job.error = f"cannot send {display_path(job.entry.relative_path)}: {exc}"
             except Exception as exc:  # never let a reader thread die silently
                 log.exception("reading a file failed", path=str(job.entry.path))
                 job.error = f"cannot read {job.entry.path}: {exc}"
@@ -262,8 +311,9 @@ class Uploader:
 
     def _read_file(self, job: FileJob) -> None:
         entry, size_cs = job.entry, self.chunk_size
-        safe_relative_path(entry.subdir_str, entry.filename)
-        entry.relative_path.encode("utf-8")  # a name that is not UTF-8 cannot travel
+        reason = entry.cannot_travel()
+        if reason is not None:
+            raise UnsafePathError(reason)
         with open(entry.path, "rb", buffering=0) as fh:
             st = os.fstat(fh.fileno())
             job.stat_size, job.mtime_ns = st.st_size, st.st_mtime_ns

@@ -4,12 +4,18 @@ Like OpenMSIStream's DataFileUploadDirectory, with a memory: a file is sent
 once its size and mtime have been unchanged for ``--stable-secs``, and the
 state file (SQLite) remembers each uploaded file's size, mtime and sha512 so
 a restart sends nothing twice. A changed file is sent again in full; a file
-whose mtime changed but whose content did not is only re-recorded.
+whose mtime changed but whose content did not is only re-recorded. Files
+already present at the very first start are recorded as uploaded without
+being sent unless ``--upload-existing`` (OpenMSIStream's default); files that
+appear while the watcher is stopped are sent when it starts again.
 
-watchdog (inotify, or polling where inotify is unavailable) reports changes;
-a periodic rescan of the tree is the safety net for anything it missed.
-Hidden files and directories (names starting with '.', e.g. rsync's temporary
-files) are ignored. SIGTERM/SIGINT stop the watcher: files already being sent
+watchdog (inotify, or polling where inotify is unavailable or
+``--use-polling-observer`` asks for it) reports changes; a periodic rescan of
+the tree is the safety net for anything it missed. Only relative paths that
+``--upload-regex`` matches are sent; hidden files and directories (names
+starting with '.', e.g. rsync's temporary files) never are. A name that cannot
+travel (not UTF-8, a backslash) is skipped with one warning and counted; it never
+reaches the state file. SIGTERM/SIGINT stop the watcher: files already being sent
 get a short grace period, everything produced is flushed, and the exit code is 0.
 """
 
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -36,7 +44,10 @@ from watchdog.observers.polling import PollingObserver
 from omsd import exitcodes
 from omsd.config import Config
 from omsd.upload.console import connect, print_error
-from omsd.upload.engine import FileEntry, FileJob, Uploader, UploadError, walk_directory
+from omsd.upload.engine import (
+    OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader, UploadError, display_path, walk_directory,
+)
+from omsd.upload.telemetry import UploadTelemetry, resolve
 
 log = structlog.get_logger(__name__)
 
@@ -68,13 +79,19 @@ class UploadState:
         self.db.execute("""CREATE TABLE IF NOT EXISTS uploaded (
             relative_path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
             sha512 BLOB NOT NULL, uploaded_at REAL NOT NULL)""")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self.db.commit()
         rows = self.db.execute("SELECT relative_path, size, mtime_ns, sha512 FROM uploaded")
         self.files: dict[str, Uploaded] = {rel: Uploaded(size, mtime_ns, sha) for rel, size, mtime_ns, sha in rows}
+        started = self.db.execute("SELECT value FROM meta WHERE key = 'first_start'").fetchone()
+        # A state file from before the meta table has seen a start if it recorded anything.
+        self.started_before = started is not None or bool(self.files)
 
-    @property
-    def empty(self) -> bool:
-        return not self.files
+    def mark_started(self) -> None:
+        """Remember that the watcher has started on this directory (``--upload-existing`` applies only before)."""
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('first_start', ?)", (str(time.time()),))
+        self.db.commit()
+        self.started_before = True
 
     def record(self, rel: str, size: int, mtime_ns: int, sha512: bytes) -> None:
         self.files[rel] = Uploaded(size, mtime_ns, sha512)
@@ -123,9 +140,12 @@ class _ChangeCollector(FileSystemEventHandler):
         return paths, rescan
 
 
-def start_observer(root: Path, handler: FileSystemEventHandler) -> BaseObserver:
-    """An inotify (or native) observer, or a polling one where that is unavailable."""
-    for factory in (Observer, lambda: PollingObserver(timeout=1.0)):
+def start_observer(root: Path, handler: FileSystemEventHandler, *, polling: bool = False) -> BaseObserver:
+    """An inotify (or native) observer, or a polling one where that is unavailable or asked for."""
+    factories = [lambda: PollingObserver(timeout=1.0)]
+    if not polling:
+        factories.insert(0, Observer)
+    for factory in factories:
         observer = factory()
         try:
             observer.schedule(handler, str(root), recursive=True)
@@ -148,12 +168,16 @@ class DirectoryWatcher:
     """Decides which files of one directory to upload, and when."""
 
     def __init__(self, root: Path, state: UploadState, uploader: Uploader, stable_secs: float,
-                 *, quiet: bool = False) -> None:
+                 *, match: re.Pattern[str] | None = None, telemetry: UploadTelemetry | None = None,
+                 quiet: bool = False) -> None:
         self.root = root
         self.state = state
         self.uploader = uploader
         self.stable_secs = stable_secs
+        self.match = match
+        self.telemetry = telemetry
         self.quiet = quiet
+        self.skipped: set[str] = set()  # names that cannot travel, warned about once
         self.candidates: dict[str, _Candidate] = {}
         self.in_flight: dict[str, FileJob] = {}
         self.failed: dict[str, tuple[int, int, float]] = {}  # rel -> size, mtime_ns, retry at
@@ -171,8 +195,29 @@ class DirectoryWatcher:
             return None
         if any(part.startswith(".") for part in rel.parts):
             return None
+        if self.match is not None and not self.match.match(rel.as_posix()):
+            return None
         subdir = rel.parent.as_posix()
         return FileEntry(Path(path), "" if subdir == "." else subdir, rel.name)
+
+    def _sendable(self, entry: FileEntry) -> bool:
+        """False for a name that cannot travel; the first time, say so (stderr and log topic)."""
+        reason = entry.cannot_travel()
+        if reason is None:
+            return True
+        rel = entry.relative_path
+        if rel not in self.skipped:
+            self.skipped.add(rel)
+            self._say(logging.WARNING, f"skipped {display_path(rel)}: {reason}", error=True)
+        return False
+
+    def _say(self, level: int, line: str, *, error: bool = False) -> None:
+        if error:
+            print_error(line)
+        elif not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+        if self.telemetry is not None:
+            self.telemetry.report(level, line)
 
     def consider(self, entry: FileEntry, now: float) -> None:
         """Note a possibly new or changed file; it waits until it is stable."""
@@ -181,7 +226,7 @@ class DirectoryWatcher:
         except OSError:
             self.candidates.pop(entry.relative_path, None)
             return
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or not self._sendable(entry):
             return
         rel = entry.relative_path
         if rel not in self.in_flight and self.state.matches(rel, st.st_size, st.st_mtime_ns):
@@ -192,14 +237,14 @@ class DirectoryWatcher:
             self.candidates[rel] = _Candidate(entry, st.st_size, st.st_mtime_ns, now)
 
     def scan(self, now: float) -> None:
-        for entry in walk_directory(self.root, skip_hidden=True):
+        for entry in walk_directory(self.root, skip_hidden=True, match=self.match):
             if str(entry.path) not in self.ignored:
                 self.consider(entry, now)
 
     def mark_all_uploaded(self) -> None:
-        """Record every file present now as uploaded without sending it (``--skip-existing``)."""
-        for entry in walk_directory(self.root, skip_hidden=True):
-            if str(entry.path) in self.ignored:
+        """Record every file present now as uploaded without sending it (the default first start)."""
+        for entry in walk_directory(self.root, skip_hidden=True, match=self.match):
+            if str(entry.path) in self.ignored or entry.cannot_travel() is not None:
                 continue
             try:
                 st = entry.path.stat()
@@ -239,13 +284,14 @@ class DirectoryWatcher:
                     pass
             if snapshot is not None:
                 self.failed[rel] = (*snapshot, time.monotonic() + RETRY_FAILED_SECS)
-            print_error(f"{rel}: {job.error} (will retry when it changes or in {RETRY_FAILED_SECS:g}s)")
+            self._say(logging.WARNING, f"{display_path(rel)}: {job.error} "
+                                       f"(will retry when it changes or in {RETRY_FAILED_SECS:g}s)", error=True)
             self.consider(job.entry, time.monotonic())
             return
         self.failed.pop(rel, None)
         self.state.record(rel, job.stat_size, job.mtime_ns, job.sha512)
-        if not self.quiet and not job.skipped:
-            print(f"uploaded {rel} ({job.size} bytes, {job.n_total} chunks)", file=sys.stderr, flush=True)
+        if not job.skipped:
+            self._say(logging.INFO, f"uploaded {display_path(rel)} ({job.size} bytes, {job.n_total} chunks)")
         # A change during the upload left the file a candidate; look again next tick.
         self.consider(job.entry, time.monotonic())
 
@@ -271,23 +317,30 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers)
-    watcher = DirectoryWatcher(root, state, uploader, args.stable_secs, quiet=args.quiet)
+                        readers=args.readers, queue_bytes=args.queue_mb << 20)
+    telemetry = UploadTelemetry(producer, uploader.acked, *resolve(config, args))
+    match = args.upload_regex if args.upload_regex is not None else re.compile(OPENMSISTREAM_UPLOAD_REGEX)
+    watcher = DirectoryWatcher(root, state, uploader, args.stable_secs, match=match, telemetry=telemetry,
+                               quiet=args.quiet)
     collector = _ChangeCollector()
     try:
-        if args.skip_existing and state.empty:
-            watcher.mark_all_uploaded()
-        observer = start_observer(root, collector)
+        if not state.started_before:
+            if not args.upload_existing:
+                watcher.mark_all_uploaded()
+            state.mark_started()
+        observer = start_observer(root, collector, polling=args.use_polling_observer)
     except UploadError as exc:
         print_error(str(exc))
         return exitcodes.RET_ERROR
     if not args.quiet:
-        print(f"watching {root} for files to upload to '{args.topic}' (state {state_path})",
+        how = " (polling)" if isinstance(observer, PollingObserver) else ""
+        print(f"watching {root}{how} for files to upload to '{args.topic}' (state {state_path})",
               file=sys.stderr, flush=True)
     log.info("watching", root=str(root), topic=args.topic, state=str(state_path), observer=type(observer).__name__)
     next_rescan = 0.0
     try:
         while not stop:
+            telemetry.tick(time.monotonic())
             now = time.monotonic()
             paths, rescan = collector.drain()
             if rescan or now >= next_rescan:
@@ -306,6 +359,8 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
         if not uploader.idle:
             uploader.abort()
         left = uploader.finish(timeout=STOP_GRACE_SECS)
+        telemetry.close()  # a last heartbeat, counting every delivery above, and the remaining log lines
+        producer.flush(STOP_GRACE_SECS)
     finally:
         observer.stop()
         observer.join(timeout=5)
@@ -316,5 +371,6 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
         print_error(f"{left} messages were not acknowledged before stopping")
         return exitcodes.RET_ERROR
     if not args.quiet:
-        print("stopped", file=sys.stderr, flush=True)
+        skipped = f" ({len(watcher.skipped)} files skipped: names that cannot travel)" if watcher.skipped else ""
+        print(f"stopped{skipped}", file=sys.stderr, flush=True)
     return exitcodes.RET_OK

@@ -35,6 +35,7 @@ class TopicReader:
                                   "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self.messages: list[tuple[int, str, Chunk]] = []  # partition, key, decoded chunk
+        self.value_bytes = 0  # total length of the message values read
 
     def read_until(self, done: Callable[[list[tuple[int, str, Chunk]]], bool], timeout: float = 20.0,
                    extra: float = 0.0) -> list[tuple[int, str, Chunk]]:
@@ -44,6 +45,7 @@ class TopicReader:
         while time.monotonic() < deadline:
             msg = self.consumer.poll(0.1)
             if msg is not None and not msg.error():
+                self.value_bytes += len(msg.value())
                 self.messages.append((msg.partition(), msg.key().decode("utf-8"), decode_chunk(msg.value())))
             if settle_until is None and done(self.messages):
                 settle_until = time.monotonic() + extra
@@ -187,11 +189,11 @@ def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path, topic: str)
 class Watcher:
     """`omsd upload --watch` as a child process."""
 
-    def __init__(self, directory: Path, config: Path, topic: str, state: Path, log: Path) -> None:
+    def __init__(self, directory: Path, config: Path, topic: str, state: Path, log: Path, *extra: str) -> None:
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "omsd.cli", "upload", str(directory), "--watch", "--config", str(config),
-             "--topic", topic, "--stable-secs", "0.4", "--state", str(state), "--chunk-size", "16384"],
+             "--topic", topic, "--stable-secs", "0.4", "--state", str(state), "--chunk-size", "16384", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "a"))
         deadline = time.monotonic() + 15
         while "watching " not in log.read_text() and time.monotonic() < deadline:
@@ -215,7 +217,7 @@ def test_watch_uploads_new_and_changed_files_once_and_stops_on_sigterm(broker: E
     config = write_config(tmp_path / "omsd.yaml", broker.bootstrap)
     state, log = tmp_path / "state" / "upload.sqlite", tmp_path / "watch.log"
 
-    watcher = Watcher(watched, config, topic, state, log)
+    watcher = Watcher(watched, config, topic, state, log, "--upload-existing")
     reader = TopicReader(broker.bootstrap, topic)
     try:
         first = {"existing.txt": b"present before the start\n", "sub/new file.bin": os.urandom(50_000),

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from omsd.telemetry.heartbeat import COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message
+from omsd.telemetry.heartbeat import (
+    COUNTER_KEYS, UPLOAD_COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message,
+)
 
 
 def test_counters_count_messages_and_bytes_and_reset():
@@ -72,6 +74,19 @@ def test_matches_openmsistream_reproducer_heartbeat():
         assert stamp.endswith("+00:00")
     # the value is a plain UTF-8 JSON string, as OpenMSIStream's StringSerializer sends it
     assert value.decode("utf-8") == json.dumps(ours)
+
+
+def test_matches_openmsistream_upload_directory_heartbeat():
+    producibles = pytest.importorskip("openmsistream.utilities.heartbeat_producibles")
+    theirs = producibles.UploadDirectoryHeartbeatProducible("up", 7, 7000)
+    counters = Counters()
+    for _ in range(7):
+        counters.add_produced(1000)
+    key, value = heartbeat_message("up", counters.snapshot_and_reset(), keys=UPLOAD_COUNTER_KEYS)
+    ours, their_dict = json.loads(value), json.loads(theirs.msg_value)
+    assert key == theirs.msg_key == "up_heartbeat"
+    assert list(ours) == list(their_dict) == ["timestamp", "n_messages_produced", "n_bytes_produced"]
+    assert (ours["n_messages_produced"], ours["n_bytes_produced"]) == (7, 7000)
 
 
 def test_schedule_first_due_then_every_interval():

@@ -1,0 +1,138 @@
+"""Heartbeats and the log topic of ``omsd upload --watch``, as OpenMSIStream's DataFileUploadDirectory sends them.
+
+Heartbeat: key ``<program_id>_heartbeat``, value ``{"timestamp", "n_messages_produced",
+"n_bytes_produced"}`` for the interval: the chunk messages the broker acknowledged,
+bytes being their values' length (OpenMSIStream counts ``len(msg)``). A last one
+goes out when the watcher stops. Log: key ``<program_id>_log``, value
+``{"timestamp", "messages": [...]}`` with the interval's warnings and errors and the
+watcher's own lines (file uploaded, file skipped). Both come from the config's
+``heartbeat:``/``log:`` sections; OpenMSIStream's options (``--heartbeat_topic_name``
+...) override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import structlog
+from confluent_kafka import KafkaError, Producer
+
+from omsd.config import Config, HeartbeatConfig, LogTopicConfig
+from omsd.telemetry.heartbeat import UPLOAD_COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message
+from omsd.telemetry.logtopic import LogTopicHandler, log_message
+
+log = structlog.get_logger(__name__)
+
+# The watcher's own lines reach the log topic through this logger only (they are printed already).
+REPORT_LOGGER = "omsd.upload.report"
+
+
+def add_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
+    """OpenMSIStream's heartbeat and log-topic options (they override the config's sections)."""
+    group = parser.add_argument_group("watch: heartbeats and log topic (override the config's heartbeat:/log:)")
+    for kind, what in (("heartbeat", "heartbeat messages"), ("log", "warnings and errors, batched")):
+        group.add_argument(f"--{kind}-topic-name", f"--{kind}_topic_name", dest=f"{kind}_topic", default=None,
+                           metavar="TOPIC", help=f"topic for {what}")
+        group.add_argument(f"--{kind}-program-id", f"--{kind}_program_id", dest=f"{kind}_program_id", default=None,
+                           metavar="ID", help=f"key prefix of the {kind} messages (<ID>_{kind})")
+        group.add_argument(f"--{kind}-interval-secs", f"--{kind}_interval_secs", dest=f"{kind}_interval_secs",
+                           type=_positive_float, default=None, metavar="S",
+                           help=f"seconds between {kind} messages (default 30)")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return value
+
+
+def resolve(config: Config, args: argparse.Namespace) -> tuple[HeartbeatConfig | None, LogTopicConfig | None]:
+    """The heartbeat and log settings: the command line's, else the config's."""
+    hb = config.heartbeat
+    heartbeat = None
+    if args.heartbeat_topic or hb is not None:
+        base = hb or HeartbeatConfig(topic=args.heartbeat_topic)
+        heartbeat = HeartbeatConfig(topic=args.heartbeat_topic or base.topic,
+                                    interval_secs=args.heartbeat_interval_secs or base.interval_secs,
+                                    program_id=args.heartbeat_program_id or base.program_id)
+    lg = config.log
+    log_cfg = None
+    if args.log_topic or lg is not None:
+        base_id = heartbeat.program_id if heartbeat is not None else "omsd"
+        base = lg or LogTopicConfig(topic=args.log_topic, program_id=base_id)
+        log_cfg = LogTopicConfig(topic=args.log_topic or base.topic,
+                                 interval_secs=args.log_interval_secs or base.interval_secs,
+                                 program_id=args.log_program_id or base.program_id, level=base.level)
+    return heartbeat, log_cfg
+
+
+class UploadTelemetry:
+    """Sends the uploader's heartbeats and log messages through its producer."""
+
+    def __init__(self, producer: Producer, counters: Counters, heartbeat: HeartbeatConfig | None,
+                 log_cfg: LogTopicConfig | None) -> None:
+        self.producer = producer
+        self.counters = counters
+        self.heartbeat = heartbeat
+        self.log_cfg = log_cfg
+        self.heartbeat_schedule = HeartbeatSchedule(heartbeat.interval_secs) if heartbeat else None
+        self.log_schedule = HeartbeatSchedule(log_cfg.interval_secs) if log_cfg else None
+        self.handler = LogTopicHandler(log_cfg.level) if log_cfg else None
+        self.report_logger = logging.getLogger(REPORT_LOGGER)
+        self.report_logger.propagate = False
+        self.report_logger.setLevel(logging.DEBUG)
+        self.failed_deliveries = 0
+        if self.handler is not None:
+            self.handler.install()  # warnings and errors of the whole process
+            self.report_logger.addHandler(self.handler)
+
+    def report(self, level: int, message: str) -> None:
+        """One of the watcher's printed lines, for the log topic."""
+        if self.handler is not None:
+            self.report_logger.log(level, message)
+
+    def tick(self, now: float) -> None:
+        """Send what is due (call from the producing thread's loop)."""
+        if self.heartbeat_schedule is not None and self.heartbeat_schedule.due(now):
+            self._send_heartbeat()
+        if self.log_schedule is not None and self.log_schedule.due(now):
+            self._send_logs()
+
+    def close(self) -> None:
+        """A last heartbeat and the remaining log lines, before the producer is flushed."""
+        if self.heartbeat is not None:
+            self._send_heartbeat()
+        self._send_logs()
+        if self.handler is not None:
+            self.handler.remove()
+            self.report_logger.removeHandler(self.handler)
+
+    def _send_heartbeat(self) -> None:
+        assert self.heartbeat is not None
+        key, value = heartbeat_message(self.heartbeat.program_id, self.counters.snapshot_and_reset(),
+                                       keys=UPLOAD_COUNTER_KEYS)
+        self._produce(self.heartbeat.topic, key, value)
+
+    def _send_logs(self) -> None:
+        if self.handler is None or self.log_cfg is None:
+            return
+        messages = self.handler.drain()
+        if messages:
+            key, value = log_message(self.log_cfg.program_id, messages)
+            self._produce(self.log_cfg.topic, key, value)
+
+    def _produce(self, topic: str, key: str, value: bytes) -> None:
+        try:
+            self.producer.produce(topic, key=key.encode(), value=value, on_delivery=self._delivered)
+        except Exception as exc:  # noqa: BLE001 - telemetry must never stop the uploads
+            self.failed_deliveries += 1
+            log.warning("cannot send a telemetry message", topic=topic, error=str(exc))
+
+    def _delivered(self, err: KafkaError | None, msg) -> None:
+        if err is not None:
+            self.failed_deliveries += 1
+            if self.failed_deliveries in (1, 10, 100) or self.failed_deliveries % 1000 == 0:
+                log.warning("telemetry message not delivered", topic=msg.topic(), error=err.str(),
+                            failures=self.failed_deliveries)
