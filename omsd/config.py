@@ -287,7 +287,8 @@ def _validate_steps(reader: _Reader, node: Any, pipeline: PipelineConfig, valida
         for i, step in enumerate(steps_node):
             if f"steps[{i}]" in errors[0] or f"step {i + 1}" in errors[0] or f"#{i + 1}" in errors[0]:
                 line_of = reader.where(step)
-        raise ConfigError(f"{line_of}: pipeline '{pipeline.name}': {errors[0]}")
+        named = errors[0].startswith(f"pipeline {pipeline.name!r}")
+        raise ConfigError(f"{line_of}: {errors[0] if named else f'pipeline {pipeline.name!r}: ' + errors[0]}")
 
 
 def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | None) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,23 @@ from pathlib import Path
 import pytest
 
 from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from omsd.intake.staging import SHM_DIR, SHM_PREFIX
+
+
+def _own_segments() -> set[str]:
+    """Staging segments this test process created (their names carry its pid; other processes' do not)."""
+    return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}*-{os.getpid()}-*")} if SHM_DIR.is_dir() else set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments() -> Iterator[None]:
+    """Fail a test that leaves shared-memory staging segments behind in /dev/shm."""
+    before = _own_segments()
+    yield
+    leaked = _own_segments() - before
+    for name in leaked:
+        (SHM_DIR / name).unlink(missing_ok=True)  # one leak fails one test, not every test after it
+    assert not leaked, f"staging segments left in {SHM_DIR}: {sorted(leaked)}"
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,12 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def _without_step_name(message: str, pipeline: str) -> str:
+    """A step's error without its own "<kind> step of pipeline 'p': " prefix, which the caller's replaces."""
+    head, sep, tail = message.partition(f" step of pipeline {pipeline!r}: ")
+    return tail if sep and " " not in head else message
+
+
 def _build_all(
     name: str, topic: str, steps: Iterable[Any], *, load_functions: bool
 ) -> tuple[list[Step], list[str]]:
@@ -84,7 +90,7 @@ def _build_all(
                 has_prior_save=has_prior_save, load_functions=load_functions,
             )
         except StepConfigError as exc:
-            errors.append(f"pipeline {name!r} steps[{i}] ({kind}): {exc}")
+            errors.append(f"pipeline {name!r} steps[{i}] ({kind}): {_without_step_name(str(exc), name)}")
             has_prior_save = has_prior_save or kind == "save"
             continue
         built.append(step)

@@ -145,7 +145,7 @@ class Demo:
         """`omsd upload etc/example-data --config etc/omsd.yaml --topic raw_files`."""
         cmd = [sys.executable, "-m", "omsd.cli", "upload", str(self.data_dir), "--config", str(self.config_path),
                "--topic", self.topic]
-        print(f"upload   : omsd upload {DATA_NAME} --config {CONFIG_NAME} --topic {self.topic}")
+        print(f"upload   : {script('omsd')} upload {DATA_NAME} --config {CONFIG_NAME} --topic {self.topic}")
         result = subprocess.run(cmd, cwd=self.root, env=self.env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         if result.returncode != 0:
@@ -230,6 +230,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def script(name: str) -> str:
+    """How to call one of omsd's commands from here: the script beside this interpreter (``.venv/bin/omsd``)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name  # installed on PATH some other way
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def next_steps(bootstrap: str, topic: str, socket_path: Path) -> str:
+    """The hint printed once the demo runs: how to upload more and look at the daemon."""
+    return (f"Running. Upload more with:\n  OMSD_BOOTSTRAP={bootstrap} {script('omsd')} upload DIR "
+            f"--config {CONFIG_NAME} --topic {topic}\n"
+            f"Status:  {script('omsctl')} --socket {socket_path} status\n"
+            f"(or activate the virtualenv first: . {Path(script('omsd')).parent}/activate)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     temporary = None
@@ -257,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             print(f"\ncheck: all {len(saved)} files saved byte-identical")
         else:
-            print(f"\nRunning. Upload more with:\n  OMSD_BOOTSTRAP={demo.broker.bootstrap} "
-                  f"omsd upload DIR --config {CONFIG_NAME} --topic {demo.topic}\n"
-                  f"Status:  omsctl --socket {demo.socket} status\nCtrl-C stops the daemon and the broker.")
+            print(f"\n{next_steps(demo.broker.bootstrap, demo.topic, demo.socket)}\n"
+                  "Ctrl-C stops the daemon and the broker.")
             wait_for_stop_signal(demo)
             print("\nstopping ...")
     except DemoError as exc:

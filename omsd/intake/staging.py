@@ -65,6 +65,18 @@ class Staging:
         """Create the directories and remove stale segments; returns how many were removed."""
         self.shm_dir.mkdir(parents=True, exist_ok=True)
         self.spill_dir.mkdir(parents=True, exist_ok=True)
+        removed = self._remove_all()
+        if removed:
+            log.warning("removed stale staging files from an earlier run", count=removed)
+        return removed
+
+    def close(self) -> int:
+        """Remove every staging file still left (files in flight are read again after a restart)."""
+        removed = self._remove_all()
+        self.memory_used = self.spill_used = self.files = 0
+        return removed
+
+    def _remove_all(self) -> int:
         removed = 0
         for directory in (self.shm_dir, self.spill_dir):
             for stale in directory.glob(f"{self.prefix}*"):
@@ -73,8 +85,6 @@ class Staging:
                     removed += 1
                 except FileNotFoundError:
                     pass
-        if removed:
-            log.warning("removed stale staging files from an earlier run", count=removed)
         return removed
 
     def allocate(self, estimated_size: int) -> StagedFile:

@@ -93,3 +93,16 @@ def test_demo_check_saves_the_example_data_and_stops_everything(tmp_path) -> Non
     assert not psutil.pid_exists(daemon_pid) or psutil.Process(daemon_pid).status() == psutil.STATUS_ZOMBIE
     assert not _port_open(bootstrap)
     assert not (var / "omsd.sock").exists()
+
+
+def test_demo_hint_names_the_commands_in_the_virtualenv(monkeypatch) -> None:
+    from omsd.dev.demo import next_steps
+
+    monkeypatch.chdir(REPO)
+    hint = next_steps("127.0.0.1:9", "raw_files", Path("var/demo/omsd.sock"))
+    bin_dir = Path(sys.executable).parent
+    omsd = bin_dir / "omsd"
+    assert omsd.exists()  # the test runs from the project's virtualenv, where the scripts live
+    shown = str(omsd.relative_to(REPO)) if omsd.is_relative_to(REPO) else str(omsd)
+    assert f"{shown} upload DIR --config etc/omsd.yaml --topic raw_files" in hint
+    assert "omsctl --socket var/demo/omsd.sock status" in hint and "/activate" in hint

@@ -376,6 +376,19 @@ def test_steps_are_checked_only_by_the_validator_the_caller_passes(tmp_path: Pat
     assert seen == ["p"]
 
 
+def test_step_error_names_the_pipeline_and_step_once_at_the_step_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        pipelines:
+          - name: p
+            topic: t
+            steps:
+              - metadata: {function: "no_such_module_x:f", topic: m}
+    """)
+    message = error_of(path, validate_steps=validate_pipeline)
+    assert message.startswith(f"{path}:{line_of(path, 'metadata')}: pipeline 'p' steps[0] (metadata): option 'function': "), message
+    assert message.count("pipeline 'p'") == 1, message
+
+
 # --------------------------------------------------------------------------- group_for
 
 

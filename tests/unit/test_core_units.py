@@ -52,7 +52,8 @@ def test_watermark_forget_and_assigned_filter() -> None:
 def staging(tmp_path):
     area = Staging(tmp_path / "state", memory_budget=100_000)
     area.open()
-    return area
+    yield area
+    area.close()
 
 
 def test_staging_spills_beyond_budget_and_releases(staging) -> None:
@@ -80,6 +81,9 @@ def test_staging_removes_stale_segments_of_its_state_dir(tmp_path) -> None:
     second = Staging(tmp_path / "state", 1 << 20)
     assert second.open() == 1
     assert not os.path.exists(leftover.path)
+    kept = second.allocate(10)
+    os.close(kept.fd)
+    assert second.close() == 1 and not os.path.exists(kept.path)
 
 
 def _chunks(rel: str, data: bytes, size: int):
