@@ -121,3 +121,22 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, config: Path) -> None
         assert proc.returncode != 0, args
         assert message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
     assert not any(tmp_path.glob("*.service"))
+
+
+def _settings(path: Path) -> dict[tuple[str, str], str]:
+    section, settings = "", {}
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[(section, key)] = value
+    return settings
+
+
+def test_the_single_and_the_instance_unit_do_not_drift_apart() -> None:
+    single, template = _settings(ROOT / "systemd" / "omsd.service"), _settings(ROOT / "systemd" / "omsd@.service")
+    per_instance = {"Description", "ExecStart", "ExecStop", "StateDirectory", "RuntimeDirectory", "SyslogIdentifier"}
+    assert set(single) == set(template)
+    differ = {key for (section, key), value in single.items() if template[(section, key)] != value}
+    assert differ == per_instance
