@@ -106,3 +106,16 @@ def test_state_file_knows_its_first_start_even_when_nothing_was_recorded(tmp_pat
     db.commit()
     db.close()
     assert UploadState(legacy).started_before
+
+
+def test_one_shot_upload_regex_filters_directories_not_named_files(tmp_path: Path) -> None:
+    from omsd.upload.engine import collect_files
+
+    for rel in ("keep.dat", "sub/keep.dat", "sub/drop.txt", "run.log"):
+        (tmp_path / "d" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / rel).write_bytes(b"x")
+    (tmp_path / "named.txt").write_bytes(b"x")
+    every = collect_files([tmp_path / "d"])
+    assert sorted(e.relative_path for e in every) == ["keep.dat", "run.log", "sub/drop.txt", "sub/keep.dat"]
+    kept = collect_files([tmp_path / "d", tmp_path / "named.txt"], re.compile(r".*\.dat$"))
+    assert [e.relative_path for e in kept] == ["keep.dat", "sub/keep.dat", "named.txt"]
