@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--consumer_group_id", "--group-id", dest="group_id", default=None)
     download.add_argument("--download_regex", "--match", dest="match", default=None)
     download.add_argument("--workers", "--n_threads", dest="workers", type=int, default=None)
+    from omsd.telemetry.options import add_telemetry_arguments
+
+    add_telemetry_arguments(download)
     download.set_defaults(func=_download_command)
 
     from omsd.upload.command import add_upload_arguments

@@ -15,6 +15,7 @@ from omsd import exitcodes
 from omsd.config import Config, ConfigError, PipelineConfig, load_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
+from omsd.telemetry.options import resolve as resolve_telemetry
 from workers.pipeline import validate_pipeline
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,8 @@ def download_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         config = download_config(config, args.dir.resolve(), args.topic, group_id=args.group_id,
                                  match=args.match, workers=args.workers)
+        heartbeat, log_topic = resolve_telemetry(config, args)  # OpenMSIStream's --heartbeat_topic_name ...
+        config = replace(config, heartbeat=heartbeat, log=log_topic)
         if args.match:
             import re
 

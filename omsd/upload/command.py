@@ -23,13 +23,13 @@ from omsd.config import ConfigError, load_config
 from omsd.kafka import producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
+from omsd.telemetry.options import add_telemetry_arguments
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
 from omsd.upload.engine import (
     CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader,
     collect_files,
 )
-from omsd.upload.telemetry import add_telemetry_arguments
 
 
 def _regex(text: str) -> re.Pattern[str]:
@@ -97,7 +97,7 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
                         default=CHUNK_QUEUE_BYTES >> 20, metavar="MB",
                         help=f"MB of encoded chunks waiting to be produced (default {CHUNK_QUEUE_BYTES >> 20})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
-    add_telemetry_arguments(parser)
+    add_telemetry_arguments(parser, "watch: heartbeats and log topic")
 
 
 class Progress:

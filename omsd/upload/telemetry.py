@@ -7,18 +7,17 @@ goes out when the watcher stops. Log: key ``<program_id>_log``, value
 ``{"timestamp", "messages": [...]}`` with the interval's warnings and errors and the
 watcher's own lines (file uploaded, file skipped). Both come from the config's
 ``heartbeat:``/``log:`` sections; OpenMSIStream's options (``--heartbeat_topic_name``
-...) override them.
+...) override them (:mod:`omsd.telemetry.options`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import structlog
 from confluent_kafka import KafkaError, Producer
 
-from omsd.config import Config, HeartbeatConfig, LogTopicConfig
+from omsd.config import HeartbeatConfig, LogTopicConfig
 from omsd.telemetry.heartbeat import UPLOAD_COUNTER_KEYS, Counters, HeartbeatSchedule, heartbeat_message
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
 
@@ -26,46 +25,6 @@ log = structlog.get_logger(__name__)
 
 # The watcher's own lines reach the log topic through this logger only (they are printed already).
 REPORT_LOGGER = "omsd.upload.report"
-
-
-def add_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
-    """OpenMSIStream's heartbeat and log-topic options (they override the config's sections)."""
-    group = parser.add_argument_group("watch: heartbeats and log topic (override the config's heartbeat:/log:)")
-    for kind, what in (("heartbeat", "heartbeat messages"), ("log", "warnings and errors, batched")):
-        group.add_argument(f"--{kind}-topic-name", f"--{kind}_topic_name", dest=f"{kind}_topic", default=None,
-                           metavar="TOPIC", help=f"topic for {what}")
-        group.add_argument(f"--{kind}-program-id", f"--{kind}_program_id", dest=f"{kind}_program_id", default=None,
-                           metavar="ID", help=f"key prefix of the {kind} messages (<ID>_{kind})")
-        group.add_argument(f"--{kind}-interval-secs", f"--{kind}_interval_secs", dest=f"{kind}_interval_secs",
-                           type=_positive_float, default=None, metavar="S",
-                           help=f"seconds between {kind} messages (default 30)")
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
-    return value
-
-
-def resolve(config: Config, args: argparse.Namespace) -> tuple[HeartbeatConfig | None, LogTopicConfig | None]:
-    """The heartbeat and log settings: the command line's, else the config's."""
-    hb = config.heartbeat
-    heartbeat = None
-    if args.heartbeat_topic or hb is not None:
-        base = hb or HeartbeatConfig(topic=args.heartbeat_topic)
-        heartbeat = HeartbeatConfig(topic=args.heartbeat_topic or base.topic,
-                                    interval_secs=args.heartbeat_interval_secs or base.interval_secs,
-                                    program_id=args.heartbeat_program_id or base.program_id)
-    lg = config.log
-    log_cfg = None
-    if args.log_topic or lg is not None:
-        base_id = heartbeat.program_id if heartbeat is not None else "omsd"
-        base = lg or LogTopicConfig(topic=args.log_topic, program_id=base_id)
-        log_cfg = LogTopicConfig(topic=args.log_topic or base.topic,
-                                 interval_secs=args.log_interval_secs or base.interval_secs,
-                                 program_id=args.log_program_id or base.program_id, level=base.level)
-    return heartbeat, log_cfg
 
 
 class UploadTelemetry:

@@ -43,11 +43,12 @@ from watchdog.observers.polling import PollingObserver
 
 from omsd import exitcodes
 from omsd.config import Config
+from omsd.telemetry.options import resolve
 from omsd.upload.console import connect, print_error
 from omsd.upload.engine import (
     OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader, UploadError, display_path, walk_directory,
 )
-from omsd.upload.telemetry import UploadTelemetry, resolve
+from omsd.upload.telemetry import UploadTelemetry
 
 log = structlog.get_logger(__name__)
 

@@ -241,3 +241,24 @@ def test_tools_work_where_the_pipelines_code_is_not_installed(broker, topic, tmp
         assert proc.wait(10) == 0
     finally:
         stop_daemon(proc)
+
+
+def test_download_takes_openmsistreams_heartbeat_options(broker, topic, tmp_path) -> None:
+    from tests.integration.test_upload_watch_options import read_raw
+
+    out, hb_topic = tmp_path / "out", f"hb-{uuid.uuid4().hex[:8]}"
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap)  # no heartbeat: section
+    files = {f"d/f{i}.bin": bytes([i]) * 30_000 for i in range(3)}
+    n_chunks = sum(len(chunk_messages(rel, data)) for rel, data in files.items())
+    produce_files(broker.bootstrap, topic, files)
+    log = tmp_path / "download.log"
+    proc = start_daemon(["download", str(out), "--config", str(cfg), "--topic_name", topic,
+                         "--heartbeat_topic_name", hb_topic, "--heartbeat_program_id", "dl1",
+                         "--heartbeat_interval_secs", "0.5"], log)
+    try:
+        wait_for(lambda: out.exists() and tree(out) == files, 60, "the files saved", proc, log)
+        beats = read_raw(broker.bootstrap, hb_topic, lambda m: sum(v["n_messages_read"] for _, v in m) >= n_chunks)
+    finally:
+        assert stop_daemon(proc) == 0
+    assert beats and {key for key, _ in beats} == {"dl1_heartbeat"}
+    assert sum(v["n_messages_read"] for _, v in beats) == n_chunks

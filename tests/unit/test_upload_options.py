@@ -14,7 +14,7 @@ import pytest
 from omsd.config import load_config
 from omsd.upload.command import add_upload_arguments
 from omsd.upload.engine import OPENMSISTREAM_UPLOAD_REGEX, FileEntry, display_path
-from omsd.upload.telemetry import resolve
+from omsd.telemetry.options import resolve
 from omsd.upload.watcher import UploadState
 
 ROOT = Path(__file__).resolve().parents[2]
