@@ -42,7 +42,8 @@ def lock_state_dir(state_dir: Path) -> int:
 
 def serve(config: Config) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
-    from omsd.supervisor import Supervisor
+    from omsd.registry import RegistryDamaged
+    from omsd.supervisor import Supervisor, report_damaged_registry
 
     tune_malloc()
     try:
@@ -51,7 +52,13 @@ def serve(config: Config) -> int:
         print(f"omsd: {exc}", file=sys.stderr)
         return exitcodes.RET_LOCKED
     try:
-        return Supervisor(config).run()
+        try:
+            supervisor = Supervisor(config)
+        except RegistryDamaged as exc:
+            code = report_damaged_registry(exc)
+            log.info("omsd stopped", exit_code=code)
+            return code
+        return supervisor.run()
     finally:
         os.close(lock_fd)
 

@@ -26,6 +26,7 @@ from omsd.control.server import ControlServer
 from omsd.intake.handover import HandoverLog
 from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
 from omsd.intake.consumer import Intake
+from omsd.intake.flow import PauseReason
 from omsd.dispatch.jobs import FileJobs
 from omsd.kafka import make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
@@ -44,22 +45,25 @@ POLL_TIMEOUT_S = 0.1
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
 LAG_EVERY_S = 15.0
-# Not polling a consumer is safe far below max.poll.interval.ms; past this, its partitions are paused.
-THROTTLE_BEFORE_PAUSE_S = 10.0
 
 
 class Supervisor:
     """The daemon. ``run()`` returns an exit code from :mod:`omsd.exitcodes`."""
 
     def __init__(self, config: Config, *, log_json: bool | None = None) -> None:
-        self.config = config
+        """Build every part (nothing runs yet: :meth:`start` opens, binds, subscribes and spawns).
+
+        Raises :class:`RegistryDamaged` (see :func:`report_damaged_registry`) before building anything else.
+        """
+        cfg = self.config = config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # First: a damaged registry (RegistryDamaged) stops the daemon before anything else exists.
+        self.registry = Registry(cfg.state_dir / "registry.sqlite")
         self.log_json = log_json
         self.state = DaemonState.STARTING
         self.signals: list[int] = []
         self.started = time.time()
         self.exit_code = exitcodes.RET_OK
-        self.stats = Stats()
-        self.notifier = Notifier()
         self.broker_down_since: float | None = None
         self.stop_deadline: float | None = None
         self.drain_timed_out = False
@@ -67,48 +71,50 @@ class Supervisor:
         interval = watchdog_interval()
         self.watchdog_every = interval / 2 if interval else 1.0
         self.next_watchdog = 0.0
-
-    # -- start -------------------------------------------------------------------------------------
-    def start(self) -> None:
-        cfg = self.config
-        self._install_signal_handlers()  # first: a stop during start-up is still graceful
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(cfg.state_dir / "registry.sqlite")
+        self.stats = Stats()
+        self.notifier = Notifier()
         self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes)
-        self.staging.open()
-        groups: dict[str, list[PipelineConfig]] = {}
-        for pipeline in cfg.pipelines:
-            groups.setdefault(cfg.group_for(pipeline), []).append(pipeline)
         self.metrics = Metrics()
-        if cfg.metrics_port is not None:
-            self.metrics.start_http(cfg.metrics_port)  # before joining the group: a busy port fails start-up
         # Opened when partitions are first assigned: start-up does not wait for the broker.
         self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
+        self.groups: dict[str, list[PipelineConfig]] = {}
+        for pipeline in cfg.pipelines:
+            self.groups.setdefault(cfg.group_for(pipeline), []).append(pipeline)
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
                                before_revoke=self.finish_revoked, handover=self.handover)
-                        for group, pipelines in groups.items()]
-        # Subscribe first: the group join (about a second) overlaps with the workers' start-up. Nothing is
-        # read before the main loop polls, when the workers and the rest below exist.
-        for intake in self.intakes:
-            intake.subscribe()
-        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=self.log_json)
-        self.pool.start()
+                        for group, pipelines in self.groups.items()]
+        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=log_json)
         self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
                              pipelines=cfg.pipelines)
         self.control = ControlServer(cfg.control_socket, build_handlers(self))
-        self.control.start()
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
-        self.log_handler = LogTopicHandler(cfg.log.level).install() if cfg.log else None
+        self.log_handler = LogTopicHandler(cfg.log.level) if cfg.log else None
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
         self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
         self.retry_schedule = HeartbeatSchedule(min(RETRY_SCAN_EVERY_S, max(1.0, cfg.retry_failed_after_secs)))
         self.lag_schedule = HeartbeatSchedule(LAG_EVERY_S) if cfg.metrics_port is not None else None
+
+    # -- start -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        self._install_signal_handlers()  # first: a stop during start-up is still graceful
+        self.staging.open()
+        if cfg.metrics_port is not None:
+            self.metrics.start_http(cfg.metrics_port)  # before joining the group: a busy port fails start-up
+        # Subscribe first: the group join (about a second) overlaps with the workers' start-up. Nothing is
+        # read before the main loop polls.
+        for intake in self.intakes:
+            intake.subscribe()
+        self.pool.start()
+        self.control.start()
+        if self.log_handler is not None:
+            self.log_handler.install()
         self.state = DaemonState.RUNNING
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
-                 pipelines=[p.name for p in cfg.pipelines], groups=list(groups))
+                 pipelines=[p.name for p in cfg.pipelines], groups=list(self.groups))
 
     def _install_signal_handlers(self) -> None:
         def record(signum: int, _frame: object) -> None:
@@ -131,14 +137,6 @@ class Supervisor:
     def run(self) -> int:
         try:
             self.start()
-        except WorkerBootError as exc:
-            log.error("workers cannot boot", error=str(exc))
-            return exitcodes.RET_WORKER_BOOT
-        except RegistryDamaged as exc:
-            self._registry_damaged(exc)
-            self.shutdown()
-            return self.exit_code
-        try:
             while self.state in (DaemonState.RUNNING, DaemonState.DRAINING):
                 if self.registry.damaged is not None:  # seen by a query whose caller carried on (control socket)
                     raise self.registry.damaged
@@ -156,18 +154,13 @@ class Supervisor:
             log.error("workers cannot boot; stopping", error=str(exc))
             self.exit_code = exitcodes.RET_WORKER_BOOT
         except RegistryDamaged as exc:
-            self._registry_damaged(exc)
+            self.exit_code = report_damaged_registry(exc)
         except Exception:  # noqa: BLE001 - logged with its traceback; the stop below still runs in order
             log.exception("supervisor failed; stopping")
             self.exit_code = exitcodes.RET_ERROR
         finally:
             self.shutdown()
         return self.exit_code
-
-    def _registry_damaged(self, exc: RegistryDamaged) -> None:
-        """No outcome can be recorded: stop (offsets stay below every unrecorded outcome), never restart."""
-        log.error(f"registry damaged: {exc.path}: {exc.detail}; {exc.advice}", path=str(exc.path))
-        self.exit_code = exitcodes.RET_REGISTRY_DAMAGED
 
     def handle_signals(self) -> None:
         while self.signals:
@@ -193,7 +186,7 @@ class Supervisor:
         self.state = DaemonState.DRAINING
         self.stop_deadline = time.monotonic() + (self.config.shutdown_timeout_secs if timeout is None else timeout)
         for intake in self.intakes:
-            intake.pause("stopping")
+            intake.flow.pause(PauseReason.STOPPING)
         # Files not yet started are handed back: their offsets stay held, so a restart reads them again.
         for slot in self.pool.slots:
             slot.queue.clear()
@@ -219,7 +212,7 @@ class Supervisor:
             timeout = min(timeout, 0.01)  # worker results are waiting to be handled
         polled = False
         for intake in self.intakes:
-            if intake.throttled_since is not None and not intake.paused:
+            if not intake.flow.polled():
                 continue
             polled = True
             for assembly in intake.poll(timeout):
@@ -352,15 +345,10 @@ class Supervisor:
             return
         backlog = self.pool.backlog()
         budget = self.config.staging.memory_bytes
-        now = time.monotonic()
         if saturated(backlog, budget):
-            if intake.throttled_since is None:
-                intake.throttled_since = now  # stop polling for a moment
-            elif now - intake.throttled_since > THROTTLE_BEFORE_PAUSE_S:
-                intake.pause("workers_busy")  # a slow analysis: pause, and poll again to stay in the group
+            intake.flow.workers_saturated(time.monotonic())
         elif drained(backlog, budget):
-            intake.throttled_since = None
-            intake.resume("workers_busy")
+            intake.flow.workers_drained()
 
     # -- stop --------------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -375,33 +363,27 @@ class Supervisor:
         """
         self.state = DaemonState.STOPPING
         self.notifier.stopping(status="stopping")
-        for intake in getattr(self, "intakes", []):
+        for intake in self.intakes:
             try:
                 intake.close()
             except Exception as exc:  # noqa: BLE001 - keep stopping whatever happens
                 log.warning("consumer close failed", group=intake.group_id, error=str(exc))
-        if getattr(self, "handover", None) is not None:
+        if self.handover is not None:
             self.handover.close()
-        if getattr(self, "log_handler", None) is not None:
+        if self.log_handler is not None:
             self._send_logs()
             self.log_handler.remove()
-        if hasattr(self, "producer"):
-            left = self.producer.flush(10)
-            if left:
-                log.warning("messages not delivered at stop", count=left)
-        if hasattr(self, "pool"):
-            # After a timed-out drain the busy workers are stopped at once: their files were handed back.
-            self.pool.stop(timeout=0.5 if self.drain_timed_out else 5)
-        for intake in getattr(self, "intakes", []):
+        left = self.producer.flush(10)
+        if left:
+            log.warning("messages not delivered at stop", count=left)
+        # After a timed-out drain the busy workers are stopped at once: their files were handed back.
+        self.pool.stop(timeout=0.5 if self.drain_timed_out else 5)
+        for intake in self.intakes:
             intake.assembler.discard_all()
-        if hasattr(self, "jobs"):
-            self.jobs.release_all()
-        if hasattr(self, "registry"):
-            self.registry.close()
-        if hasattr(self, "control"):
-            self.control.close()
-        if hasattr(self, "metrics"):
-            self.metrics.stop_http()
+        self.jobs.release_all()
+        self.registry.close()
+        self.control.close()
+        self.metrics.stop_http()
         self.state = DaemonState.STOPPED
         log.info("omsd stopped", exit_code=self.exit_code)
 
@@ -409,3 +391,9 @@ class Supervisor:
 def _pipeline_spec(pipeline: PipelineConfig) -> dict:
     """What a worker needs to build a pipeline's runner (plain data, picklable)."""
     return {"name": pipeline.name, "topic": pipeline.topic, "steps": pipeline.steps, "retries": pipeline.retries}
+
+
+def report_damaged_registry(exc: RegistryDamaged) -> int:
+    """No outcome can be recorded: stop (offsets stay below every unrecorded outcome), never restart."""
+    log.error(f"registry damaged: {exc.path}: {exc.detail}; {exc.advice}", path=str(exc.path))
+    return exitcodes.RET_REGISTRY_DAMAGED

@@ -76,8 +76,7 @@ class FileJobs:
         finished = self.registry.finished_pipelines(record.id)
         todo = [p for p in pipelines if p.name not in finished]
         if not todo:
-            intake.assembler.discard(assembly)
-            intake.mark_finished(assembly.key)
+            intake.finish(assembly)
             return
         job = FileJob(intake=intake, assembly=assembly, record_id=record.id, topic=assembly.topic,
                       relative_path=assembly.relative_path, size=assembly.staged.size, pipelines=todo)
@@ -215,9 +214,7 @@ class FileJobs:
         self.registry.set_status(job.record_id, "corrupt", error)
         self.stats.file_failed()
         log.error("file corrupt", path=job.relative_path, topic=job.topic, error=error)
-        if assembly is not None and intake is not None:
-            intake.assembler.discard(assembly)
-            intake.forget_processing(assembly.key)
+        self._finish_file(job, recorded=False)
 
     def _report_bad_chunks(self, job: FileJob, bad: list[int]) -> None:
         """Name the messages whose data did not match their chunk hash: logged and counted as rejections."""
@@ -252,9 +249,13 @@ class FileJobs:
         else:
             self.stats.file_failed()
             log.error("file failed", path=job.relative_path, topic=job.topic, error=error)
+        self._finish_file(job, recorded=True)
+
+    @staticmethod
+    def _finish_file(job: FileJob, *, recorded: bool) -> None:
+        """Free the file's staging and release its offsets (see :meth:`Intake.finish`); a retried file has none."""
         if job.assembly is not None and job.intake is not None:
-            job.intake.assembler.discard(job.assembly)
-            job.intake.mark_finished(job.assembly.key)
+            job.intake.finish(job.assembly, recorded=recorded)
 
     # -- questions and clean-up ----------------------------------------------------------------------
     def waiting_for_acks(self) -> bool:

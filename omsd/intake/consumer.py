@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 
 from omsd.intake.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
+from omsd.intake.flow import FlowControl, PauseReason
 from omsd.intake.handover import HandoverLog
 from omsd.kafka import make_consumer
 from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
@@ -31,7 +32,6 @@ log = structlog.get_logger(__name__)
 
 FINISHED_CACHE_SIZE = 10000
 RECENT_REJECTIONS = 50
-STAGING_RETRY_S = 2.0
 # Messages staged per turn of the supervisor loop: about BATCH_BYTES, so that completed files reach idle
 # workers promptly (a 64 MiB batch kept workers waiting ~0.1 s for their next file), yet enough small
 # messages per turn that the loop's own work stays negligible.
@@ -67,9 +67,7 @@ class Intake:
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         self.assigned: set[tuple[str, int]] = set()
-        self.pause_reasons: set[str] = set()
-        self.throttled_since: float | None = None  # set while the supervisor holds off polling
-        self.staging_full_since = 0.0
+        self.flow = FlowControl(self._set_paused)
         self.rejected: Counter[str] = Counter()
         self.recent_rejections: list[dict] = []
         self.messages_read = 0
@@ -94,7 +92,7 @@ class Intake:
         if self.handover is not None and self.handover.ready():
             self._inherit(partitions)
         # librdkafka keeps a partition's pause flag across revoke and re-assignment: set it explicitly.
-        if self.paused:
+        if self.flow.paused:
             self.consumer.pause(partitions)
         else:
             self.consumer.resume(partitions)
@@ -139,8 +137,7 @@ class Intake:
         hashes of the chunks we will keep are checked in parallel threads
         (sha512 releases the GIL); then the chunks are staged in order.
         """
-        if "staging_full" in self.pause_reasons and time.monotonic() - self.staging_full_since > STAGING_RETRY_S:
-            self.resume("staging_full")  # try again; a write that still fails pauses again
+        self.flow.retry_staging(time.monotonic())
         batch = batch_size(self._message_bytes)
         items = [item for item in map(self._decode, self.consumer.consume(num_messages=batch, timeout=timeout))
                  if item is not None]
@@ -163,8 +160,7 @@ class Intake:
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
                 self.consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
                 rewound.add(tp)
-                self.staging_full_since = time.monotonic()
-                self.pause("staging_full")
+                self.flow.staging_full(time.monotonic())
                 continue
             self.watermarks.consumed(tp, msg.offset())
             if done is not None:
@@ -289,35 +285,26 @@ class Intake:
         log.warning("file reopened to replace corrupt chunks", group=self.group_id, path=assembly.relative_path,
                     chunks=bad_chunks)
 
-    def forget_processing(self, key: FileKey) -> None:
-        """A file left the workers without a final outcome (it may be delivered again)."""
-        self.processing.discard(key)
+    def finish(self, assembly: FileAssembly, *, recorded: bool = True) -> None:
+        """A completed file leaves the daemon: its staging is freed and its offsets released.
 
-    def mark_finished(self, key: FileKey) -> None:
-        """The file's outcome is recorded: later copies of its chunks are skipped."""
-        self.processing.discard(key)
-        self._finished[key] = True
+        ``recorded``: its outcome is in the registry, so later copies of its chunks are skipped;
+        otherwise (a corrupt file) the same file sent again is processed.
+        """
+        self.assembler.discard(assembly)
+        self.processing.discard(assembly.key)
+        if recorded:
+            self._finished[assembly.key] = True
 
     # -- flow control and commits ------------------------------------------------------------------
-    @property
-    def paused(self) -> bool:
-        return bool(self.pause_reasons)
-
-    def pause(self, reason: str) -> None:
-        """Stop fetching (polling goes on, so the group membership stays) until every reason is gone."""
-        if reason in self.pause_reasons:
-            return
-        if not self.pause_reasons:
-            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
-            log.info("intake paused", group=self.group_id, reason=reason)
-        self.pause_reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason not in self.pause_reasons:
-            return
-        self.pause_reasons.discard(reason)
-        if not self.pause_reasons:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+    def _set_paused(self, paused: bool, reason: PauseReason) -> None:
+        """Applies :attr:`flow`: fetching stops (polling goes on, so the group membership stays) or resumes."""
+        partitions = [TopicPartition(t, p) for t, p in self.assigned]
+        if paused:
+            self.consumer.pause(partitions)
+            log.info("intake paused", group=self.group_id, reason=reason.value)
+        else:
+            self.consumer.resume(partitions)
             log.info("intake resumed", group=self.group_id)
 
     def commit(self, force: bool = False, only: set[tuple[str, int]] | None = None, every_s: float = 1.0) -> None:
@@ -391,5 +378,5 @@ class Intake:
             out.append({"group": self.group_id, "topic": topic, "partition": partition,
                         "committed": committed if committed not in (None, OFFSET_INVALID) else None,
                         "watermark": self.watermarks.safe(tp), "assigned": tp in self.assigned,
-                        "paused": self.paused, "pause_reasons": sorted(self.pause_reasons)})
+                        "paused": self.flow.paused, "pause_reasons": sorted(r.value for r in self.flow.reasons)})
         return out

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from omsd.intake.flow import PauseReason
 from omsd.states import DaemonState, ProcessState
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
     if staging.memory_used > staging.memory_budget:
         reasons.append("staging memory above its budget")
     for intake in intakes:
-        if "staging_full" in intake.pause_reasons:
+        if PauseReason.STAGING_FULL in intake.flow.reasons:
             reasons.append(f"staging disk full; consumer group {intake.group_id} paused")
         if not intake.assigned and uptime_s > NO_ASSIGNMENT_GRACE_S:
             reasons.append(f"consumer group {intake.group_id} has no partitions assigned")
