@@ -209,10 +209,13 @@ class Step:
     mode: int = 0o644
     argv: tuple[str, ...] = ()
     secret: bool = False  # print the file's comments only
+    # A command's exit code: "fail" stops the verb with a message; "pass" stops it silently with that code
+    # (status: 3 means not running); "ignore" goes on (reset-failed of a unit that is gone).
+    on_error: str = "fail"
 
 
-def systemctl(*args: str) -> Step:
-    return Step("run", argv=(os.environ.get("OMSD_SYSTEMCTL", "systemctl"), *args))
+def systemctl(*args: str, on_error: str = "fail") -> Step:
+    return Step("run", argv=(os.environ.get("OMSD_SYSTEMCTL", "systemctl"), *args), on_error=on_error)
 
 
 def _show(step: Step) -> str:
@@ -250,8 +253,9 @@ def run_steps(steps: list[Step], *, dry_run: bool) -> int:
                     print(f"omsd service: error: {step.argv[0]} not found (systemd is needed)", file=sys.stderr)
                     return exitcodes.RET_ERROR
                 code = subprocess.run(step.argv).returncode
-                if code != 0:
-                    print(f"omsd service: `{shlex.join(step.argv)}` exited with {code}", file=sys.stderr)
+                if code != 0 and step.on_error != "ignore":
+                    if step.on_error == "fail":
+                        print(f"omsd service: `{shlex.join(step.argv)}` exited with {code}", file=sys.stderr)
                     return code
         except PermissionError as exc:
             print(f"omsd service: error: {exc.filename}: permission denied (run it as root, e.g. with sudo)",
@@ -348,11 +352,11 @@ def manage_steps(verb: str, name: str, unit_dir: Path, *, dry_run: bool,
     if verb in ("start", "stop", "restart"):
         return [systemctl(verb, unit)]
     if verb == "status":
-        return [systemctl("status", unit, "--no-pager", "--full")]
+        return [systemctl("status", unit, "--no-pager", "--full", on_error="pass")]
     if verb in ("remove", "stop_and_remove"):
         # disable --now also stops it: a running service never outlives its unit file.
         return [systemctl("disable", "--now", unit), Step("remove", unit_file),
-                systemctl("daemon-reload"), systemctl("reset-failed", unit)]
+                systemctl("daemon-reload"), systemctl("reset-failed", unit, on_error="ignore")]
     if verb in ("reinstall", "stop_and_reinstall", "stop_and_restart"):
         recorded = read_record(unit_file)
         given = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -140,3 +140,27 @@ def test_the_single_and_the_instance_unit_do_not_drift_apart() -> None:
     assert set(single) == set(template)
     differ = {key for (section, key), value in single.items() if template[(section, key)] != value}
     assert differ == per_instance
+
+
+def test_exit_codes_of_systemctl_reach_the_caller(tmp_path: Path) -> None:
+    """systemd is not PID 1 here: a script stands in for systemctl, recording its calls and answering as it does."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    'case "$1" in status) exit 3;; reset-failed) exit 1;; start) exit 5;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "omsd@lab1.service").write_text("[Service]\n")
+    env = {"OMSD_SYSTEMCTL": str(fake)}
+
+    status = omsd_service("status", "lab1", "--unit-dir", units, env=env)
+    assert status.returncode == 3 and status.stderr == ""  # inactive: systemctl's own answer, no error line
+    start = omsd_service("start", "lab1", "--unit-dir", units, env=env)
+    assert start.returncode == 5 and "exited with 5" in start.stderr
+    remove = omsd_service("remove", "lab1", "--unit-dir", units, env=env)
+    assert remove.returncode == 0, remove.stderr  # reset-failed of a unit that is gone does not fail it
+    assert not (units / "omsd@lab1.service").exists()
+    assert calls.read_text().splitlines() == [
+        "status omsd@lab1.service --no-pager --full", "start omsd@lab1.service",
+        "disable --now omsd@lab1.service", "daemon-reload", "reset-failed omsd@lab1.service"]
