@@ -36,6 +36,7 @@ from omsd import exitcodes
 from omsd.config import ConfigError, load_config
 
 TEMPLATE_NAME = "omsd@.service"
+TEMPLATE_CONFIG = "/etc/omsd/%i.yaml"
 UNIT_DIR = Path("/etc/systemd/system")
 ENV_DIR = Path("/etc/omsd")
 # The unit's own writable directories (StateDirectory, RuntimeDirectory, ReadWritePaths of the template).
@@ -44,6 +45,7 @@ UNIT_WRITABLE = (Path("/var/lib/omsd"), Path("/run/omsd"), Path("/srv/omsd"))
 UNIT_HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
 RECORD_PREFIX = "# omsd-service: "
 _UNSET = "@omsd-service-unset@"
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|\$([A-Za-z_][A-Za-z0-9_]*)")
 MANAGE_VERBS = ("start", "stop", "restart", "status", "remove", "reinstall",
@@ -97,12 +99,10 @@ def _command(*argv: str | Path) -> str:
 def render_unit(install: Install, omsd_bin: Path, omsctl_bin: Path, group: str,
                 extra_paths: list[Path], template: str | None = None) -> str:
     """The unit file ``omsd@NAME.service`` for ``install``, made from the template."""
-    replace = {
-        "ExecStart": _command(omsd_bin, "run", "--config", install.config),
-        "ExecStop": "-" + _command(omsctl_bin, "--config", install.config, "stop", "--timeout", "60"),
-        "User": install.user,
-        "Group": group,
-    }
+    replace = {"User": install.user, "Group": group}
+    # The template's commands keep their arguments; only the programs and the config path change.
+    programs = {"/usr/bin/env omsd ": f"{_command(omsd_bin)} ", "/usr/bin/env omsctl ": f"{_command(omsctl_bin)} ",
+                TEMPLATE_CONFIG: _command(install.config)}
     after = {"Environment": [f"EnvironmentFile={install.env_file}"],
              "ReadWritePaths": [f"ReadWritePaths={_unit_value(f'-{p}', env=False)}" for p in extra_paths]}
     lines = (template or template_text()).splitlines()
@@ -117,13 +117,19 @@ def render_unit(install: Install, omsd_bin: Path, omsctl_bin: Path, group: str,
         key = line.split("=", 1)[0] if "=" in line and not line.startswith("#") else None
         if key in replace and key not in seen:
             out.append(f"{key}={replace[key]}")
+        elif key in ("ExecStart", "ExecStop"):
+            for old, new in programs.items():
+                if old in line:
+                    line = line.replace(old, new)
+                    seen.add(old)
+            out.append(line)
         else:
             out.append(line)
         if key in after and key not in seen:
             out.extend(after[key])
         if key is not None:
             seen.add(key)
-    missing = sorted((set(replace) | set(after)) - seen)
+    missing = sorted((set(replace) | set(after) | set(programs)) - seen)
     if missing:
         raise ServiceError(f"the unit template has no {', '.join(missing)} line", exitcodes.RET_ERROR)
     return "\n".join(out) + "\n"
@@ -287,6 +293,8 @@ def _binaries() -> tuple[Path, Path]:
 
 
 def _group_of(user: str, *, dry_run: bool) -> str:
+    if not _USER_RE.match(user):
+        raise ServiceError(f"--user {user!r} is not a user name")
     try:
         return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:

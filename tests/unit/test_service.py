@@ -114,6 +114,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, config: Path) -> None
         (("install", "lab 1", "--config", config, "--unit-dir", tmp_path), "instance name 'lab 1'"),
         (("install", "lab1", "--config", tmp_path / "nope.yaml", "--unit-dir", tmp_path), "no such config file"),
         (("start", "lab1", "--config", config, "--unit-dir", tmp_path), "belong to install and reinstall"),
+        (("install", "lab1", "--config", config, "--user", "a b", "--unit-dir", tmp_path), "is not a user name"),
         (("reinstall", "lab1", "--unit-dir", tmp_path, "--dry-run"), "is not installed"),
     ]
     for args, message in cases:
