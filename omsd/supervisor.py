@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -34,6 +35,7 @@ from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
+from omsd.statewrites import StateWrites
 from omsd.intake.staging import Staging
 from omsd.states import DaemonState
 from omsd.telemetry.totals import Stats
@@ -73,7 +75,8 @@ class Supervisor:
         self.next_watchdog = 0.0
         self.stats = Stats()
         self.notifier = Notifier()
-        self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes)
+        self.writes = StateWrites(cfg.state_dir)
+        self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes, reserve_bytes=cfg.state_reserve_bytes)
         self.metrics = Metrics()
         # Opened when partitions are first assigned: start-up does not wait for the broker.
         self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
@@ -88,7 +91,7 @@ class Supervisor:
         self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
-                             pipelines=cfg.pipelines)
+                             pipelines=cfg.pipelines, writes=self.writes)
         self.control = ControlServer(cfg.control_socket, build_handlers(self))
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
         self.log_handler = LogTopicHandler(cfg.log.level) if cfg.log else None
@@ -192,7 +195,7 @@ class Supervisor:
             slot.queue.clear()
 
     def _drained(self) -> bool:
-        if self.pool.pending() == 0 and not self.jobs.waiting_for_acks():
+        if self.pool.pending() == 0 and not self.jobs.waiting_for_acks() and not self.writes.blocked:
             return True
         if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
             log.warning("graceful stop timed out; in-flight files will be read again on restart")
@@ -264,17 +267,20 @@ class Supervisor:
                 if assembly.suspect:  # reopened to replace corrupt chunks, and no good copy came
                     log.error("corrupt file expired without good copies of its bad chunks",
                               path=assembly.relative_path, topic=assembly.topic, chunks_received=received)
-                    self.registry.record_rejected_file(assembly.topic, assembly.relative_path,
-                                                       assembly.chunk.file_hash.hex(), "corrupt",
-                                                       f"chunks failed their hashes; no good copies ({received})")
+                    self.writes.run(f"corrupt {assembly.relative_path}", functools.partial(
+                        self.registry.record_rejected_file, assembly.topic, assembly.relative_path,
+                        assembly.chunk.file_hash.hex(), "corrupt",
+                        f"chunks failed their hashes; no good copies ({received})"))
                     self.stats.file_failed()
                     continue
                 log.warning("incomplete file expired", path=assembly.relative_path, topic=assembly.topic,
                             chunks_received=received)
-                self.registry.record_rejected_file(assembly.topic, assembly.relative_path,
-                                                   assembly.chunk.file_hash.hex(), "expired", received)
+                self.writes.run(f"expired {assembly.relative_path}", functools.partial(
+                    self.registry.record_rejected_file, assembly.topic, assembly.relative_path,
+                    assembly.chunk.file_hash.hex(), "expired", received))
             self._apply_backpressure(intake)
             intake.commit()
+        self._wait_for_space(now)
         if self.lag_schedule is not None and any(i.assigned for i in self.intakes) and self.lag_schedule.due(now):
             for intake in self.intakes:
                 for (topic, partition), lag in intake.lag().items():
@@ -297,6 +303,15 @@ class Supervisor:
             self.notifier.watchdog()
             self.next_watchdog = now + self.watchdog_every
 
+    def _wait_for_space(self, now: float) -> None:
+        """Retry the state writes that met a full disk; intake stays paused while any still waits."""
+        self.writes.retry(now)
+        for intake in self.intakes:
+            if self.writes.blocked:
+                intake.flow.pause(PauseReason.STATE_DIR_FULL)
+            else:
+                intake.flow.resume(PauseReason.STATE_DIR_FULL)
+
     def _send_logs(self) -> None:
         if self.log_handler is None or self.config.log is None:
             return
@@ -315,12 +330,13 @@ class Supervisor:
     # -- what the control socket sees (omsd.control.handlers.DaemonView) ---------------------------------
     def health(self) -> tuple[bool, list[str]]:
         return assess_health(pool=self.pool, intakes=self.intakes, staging=self.staging,
-                             broker_down_since=self.broker_down_since, uptime_s=time.time() - self.started)
+                             broker_down_since=self.broker_down_since, uptime_s=time.time() - self.started,
+                             disk=self.writes.describe())
 
     def status(self) -> dict:
         return status_report(state=self.state, uptime_s=time.time() - self.started, config=self.config,
                              intakes=self.intakes, staging=self.staging, pool=self.pool, stats=self.stats,
-                             handover=self.handover)
+                             handover=self.handover, disk=self.writes.describe())
 
     def failed_files(self) -> list[dict]:
         return self.registry.failed()

@@ -5,6 +5,10 @@ from its kept bytes), sent to its worker slot, and finished when the worker's
 result has arrived and every result message it produced is acknowledged.
 Only then is the outcome written to the registry, the staging space freed and
 the file's offsets released — in that order.
+
+Registry writes go through :class:`~omsd.statewrites.StateWrites`: when the
+disk is full they wait (in order) and are retried, and a job stays a job —
+its staging kept, its offsets held — until its outcome is recorded.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from omsd.intake.consumer import Intake
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import Task, WorkerPool
 from omsd.wire.protocol import Chunk, ProtocolError
-from omsd.registry import Registry
+from omsd.registry import Registry, RegistryFull
+from omsd.statewrites import StateWrites
 from omsd.intake.staging import Staging
 from omsd.telemetry.totals import Stats
 
@@ -48,13 +53,15 @@ class FileJob:
     pending_acks: int = 0
     step_failures: dict[str, str] = field(default_factory=dict)
     result: dict | None = None
+    settling: bool = False  # its outcome is being recorded (perhaps waiting for disk space)
 
 
 class FileJobs:
     """Every job between hand-off to a worker and its recorded outcome."""
 
     def __init__(self, *, registry: Registry, staging: Staging, pool: WorkerPool, metrics: Metrics, stats: Stats,
-                 produce: Produce, failed_dir: Path, pipelines: list[PipelineConfig]) -> None:
+                 produce: Produce, failed_dir: Path, pipelines: list[PipelineConfig],
+                 writes: StateWrites | None = None) -> None:
         self.registry = registry
         self.staging = staging
         self.pool = pool
@@ -64,11 +71,24 @@ class FileJobs:
         self.failed_dir = failed_dir
         self.pipelines = {p.name: p for p in pipelines}
         self.jobs: dict[int, FileJob] = {}
+        self.writes = writes or StateWrites(failed_dir.parent)
+        self.unregistered: list[tuple[Intake, FileAssembly]] = []  # complete, waiting for space to be registered
         self._task_ids = itertools.count(1)
 
     # -- creating jobs -------------------------------------------------------------------------------
     def file_complete(self, intake: Intake, assembly: FileAssembly) -> None:
-        """A file has all its chunks: register it and hand it to its worker slot."""
+        """A file has all its chunks: register it and hand it to its worker slot (once there is space)."""
+        entry = (intake, assembly)
+        self.unregistered.append(entry)
+
+        def register() -> None:
+            if entry in self.unregistered:  # not released by a stop meanwhile
+                self._register(intake, assembly)
+                self.unregistered.remove(entry)
+
+        self.writes.run(f"register {assembly.relative_path}", register)
+
+    def _register(self, intake: Intake, assembly: FileAssembly) -> None:
         chunk = assembly.chunk
         pipelines = intake.pipelines_for(assembly.topic, assembly.relative_path)
         record = self.registry.register(assembly.topic, assembly.relative_path, chunk.file_hash.hex(),
@@ -93,7 +113,13 @@ class FileJobs:
             pipeline = self.pipelines.get(row["pipeline"])
             if record is None or record.kept_path is None or not Path(record.kept_path).exists() or not pipeline:
                 continue
-            self.registry.clear_failure(record.id, pipeline.name)
+            if self.writes.blocked:
+                break  # the disk is full: retried at the next scan
+            try:
+                self.registry.clear_failure(record.id, pipeline.name)
+            except RegistryFull as exc:
+                log.warning("no space to retry failed files now", error=str(exc))
+                break
             subdir, _, filename = record.rel_path.rpartition("/")
             header = Chunk(filename=filename, file_hash=bytes.fromhex(record.sha512), chunk_hash=b"", offset=0,
                            chunk_i=0, n_total_chunks=1, subdir_str=subdir, filename_append="", data=b"",
@@ -161,17 +187,23 @@ class FileJobs:
 
     def on_poison(self, task: Task) -> None:
         """The file killed its worker too often: failed, bytes kept for an operator's retry."""
-        job = self.jobs.pop(task.task_id, None)
-        if job is None:
+        job = self.jobs.get(task.task_id)
+        if job is None or job.settling:
             return
+        job.settling = True
         error = f"poison: the file killed its worker {task.deaths} times"
-        self._record_pipelines(job, {p.name: error for p in job.pipelines})
-        self._finish(job, "failed", error, keep=True)
+
+        def record() -> None:
+            self._settle(job, {p.name: error for p in job.pipelines}, "failed", error, keep=True)
+            self.jobs.pop(task.task_id, None)
+
+        self.writes.run(f"outcome of {job.relative_path}", record)
 
     def _record_step(self, job: FileJob, outcome: dict, status: str, error: str | None) -> None:
         duration = outcome.get("duration_s") or 0.0
-        self.registry.record_step(job.record_id, outcome["pipeline"], outcome["index"], outcome["kind"], status,
-                                  outcome["attempts"], error, duration)
+        self.writes.run(f"step of {job.relative_path}", lambda: self.registry.record_step(
+            job.record_id, outcome["pipeline"], outcome["index"], outcome["kind"], status, outcome["attempts"],
+            error, duration))
         self.metrics.observe_step(outcome["pipeline"], outcome["kind"], duration)
         if status == "failed":
             job.step_failures[outcome["pipeline"]] = f"{outcome['kind']} (step {outcome['index'] + 1}): {error}"
@@ -180,21 +212,29 @@ class FileJobs:
     def _try_finish(self, task_id: int) -> None:
         """Record a file's outcome durably, then free its staging and release its offsets."""
         job = self.jobs.get(task_id)
-        if job is None or job.result is None or job.pending_acks > 0:
+        if job is None or job.result is None or job.pending_acks > 0 or job.settling:
             return
-        del self.jobs[task_id]
+        job.settling = True
+
+        def record() -> None:
+            self._conclude(job)
+            self.jobs.pop(task_id, None)
+
+        self.writes.run(f"outcome of {job.relative_path}", record)
+
+    def _conclude(self, job: FileJob) -> None:
         result = job.result
+        assert result is not None
         if result.get("status") == "ok":
             errors = {p.name: job.step_failures.get(p.name, "failed") for p in job.pipelines
                       if p.name in job.step_failures or not result["pipelines"].get(p.name)}
-            self._record_pipelines(job, errors)
-            self._finish(job, "failed" if errors else "done", "; ".join(errors.values()) or None, keep=bool(errors))
+            self._settle(job, errors, "failed" if errors else "done", "; ".join(errors.values()) or None,
+                         keep=bool(errors))
         elif result.get("status") == "hash_mismatch":
             self._corrupt(job, result)
         else:
             error = result.get("error") or result.get("status")
-            self._record_pipelines(job, {p.name: error for p in job.pipelines})
-            self._finish(job, "failed", error, keep=True)
+            self._settle(job, {p.name: error for p in job.pipelines}, "failed", error, keep=True)
 
     def _corrupt(self, job: FileJob, result: dict) -> None:
         """The assembled bytes do not match the whole-file sha512.
@@ -226,22 +266,25 @@ class FileJobs:
                 job.intake.reject(ProtocolError("chunk_hash_mismatch", f"chunk {chunk_i}/{job.assembly.n_total} "
                                                 f"of {job.relative_path!r} does not match its hash"), *where)
 
-    def _record_pipelines(self, job: FileJob, errors: dict[str, str]) -> None:
-        for pipeline in job.pipelines:
-            error = errors.get(pipeline.name)
-            self.registry.record_pipeline(job.record_id, pipeline.name, "failed" if error else "done", error)
-            if error:
-                self.metrics.file_failed(pipeline.name)
-            else:
-                self.metrics.file_completed(pipeline.name, job.size)
-
-    def _finish(self, job: FileJob, status: str, error: str | None, *, keep: bool) -> None:
+    def _settle(self, job: FileJob, errors: dict[str, str], status: str, error: str | None, *, keep: bool) -> None:
+        """Finish a file: its outcomes recorded (in one transaction, after its bytes are kept if it failed),
+        then counted, its staging freed and its offsets released. Until the transaction commits it may
+        fail for lack of space and be run again from the start."""
         kept = None
         if keep and job.assembly is not None:
             kept_path = self.failed_dir / f"{job.record_id}"
             self.staging.keep(job.assembly.staged, kept_path)
             kept = str(kept_path)
-        self.registry.set_status(job.record_id, status, error, kept_path=kept)
+        with self.registry.transaction():
+            for pipeline in job.pipelines:
+                failure = errors.get(pipeline.name)
+                self.registry.record_pipeline(job.record_id, pipeline.name, "failed" if failure else "done", failure)
+            self.registry.set_status(job.record_id, status, error, kept_path=kept)
+        for pipeline in job.pipelines:
+            if pipeline.name in errors:
+                self.metrics.file_failed(pipeline.name)
+            else:
+                self.metrics.file_completed(pipeline.name, job.size)
         if status == "done":
             self.stats.file_done(job.size)
             if job.kept_path:
@@ -272,3 +315,6 @@ class FileJobs:
             if job.assembly is not None:
                 self.staging.release(job.assembly.staged)
         self.jobs.clear()
+        for _intake, assembly in self.unregistered:
+            self.staging.release(assembly.staged)
+        self.unregistered.clear()

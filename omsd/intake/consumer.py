@@ -314,7 +314,11 @@ class Intake:
             return
         self._last_commit = now
         tps = only if only is not None else self.assigned
-        self.registry.sync()  # the outcomes behind these offsets must be durable before they are committed
+        try:
+            self.registry.sync()  # the outcomes behind these offsets must be durable before they are committed
+        except OSError as exc:  # e.g. ENOSPC from fsync: commit nothing now, try again on the next tick
+            log.warning("registry sync failed; offsets not committed", group=self.group_id, error=str(exc))
+            return
         if force:
             self._hand_over(tps, wait=True)
         elif now - self._last_handover >= HANDOVER_EVERY_S:

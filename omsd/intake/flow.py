@@ -6,8 +6,8 @@ One object owns both brakes (DESIGN.md §3, "Backpressure"):
   consumer is briefly not polled; librdkafka's bounded prefetch then stops fetching by itself, without
   the purge and re-fetch that pausing costs;
 - **pause**: the partitions are paused and polling goes on, so the group membership survives — after
-  :data:`THROTTLE_BEFORE_PAUSE_S` of throttling (a slow analysis), while the spill disk is full, or
-  during a graceful stop. Fetching resumes once every reason is gone.
+  :data:`THROTTLE_BEFORE_PAUSE_S` of throttling (a slow analysis), while the spill disk is full, while
+  registry writes wait for space in the state directory, or during a graceful stop. Fetching resumes once every reason is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class PauseReason(str, Enum):
     STOPPING = "stopping"  # graceful stop: no new fetches
     WORKERS_BUSY = "workers_busy"  # the workers' backlog stayed saturated
     STAGING_FULL = "staging_full"  # the spill directory's disk is full
+    STATE_DIR_FULL = "state_dir_full"  # registry writes wait for space in state_dir (see omsd.statewrites)
 
     def __str__(self) -> str:
         return self.value

@@ -7,7 +7,10 @@ written with ``pwrite`` at their offsets, so the supervisor never maps or
 copies whole files; workers open the same path read-only by name.
 
 The supervisor creates and unlinks every segment; workers only open and
-close. Everything with this daemon's prefix is removed at start, since the
+close. Staging files on the state directory's file system (spill files, and
+segments when there is no /dev/shm) leave ``reserve_bytes`` free there for the
+registry: a chunk that would eat into it raises :class:`StagingFull`, like a
+full disk, and intake pauses until space returns. Everything with this daemon's prefix is removed at start, since the
 state-directory lock proves no other daemon is using it.
 """
 
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from omsd.statewrites import free_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +55,12 @@ class StagedFile:
 class Staging:
     """Allocates staging files within a shared-memory budget, spilling to disk beyond it."""
 
-    def __init__(self, state_dir: Path, memory_budget: int, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(self, state_dir: Path, memory_budget: int, shm_dir: Path = SHM_DIR, reserve_bytes: int = 0) -> None:
         self.memory_budget = memory_budget
+        self.state_dir = Path(state_dir)
+        self.reserve_bytes = reserve_bytes
+        self.full_reason: str | None = None  # why the last chunk could not be staged
+        self._reserved_kinds: set[str] = set()  # kinds of staging file on the state directory's file system
         tag = f"{zlib.crc32(str(Path(state_dir).resolve()).encode()):08x}"
         self.prefix = f"{SHM_PREFIX}{tag}-"
         self.shm_dir = shm_dir if shm_dir.is_dir() and os.access(shm_dir, os.W_OK) else Path(state_dir) / "shm"
@@ -68,6 +77,9 @@ class Staging:
         removed = self._remove_all()
         if removed:
             log.warning("removed stale staging files from an earlier run", count=removed)
+        state_dev = os.stat(self.state_dir).st_dev
+        self._reserved_kinds = {kind for kind, directory in (("shm", self.shm_dir), ("spill", self.spill_dir))
+                                if os.stat(directory).st_dev == state_dev}
         return removed
 
     def close(self) -> int:
@@ -113,12 +125,20 @@ class Staging:
 
     def write(self, staged: StagedFile, offset: int, data: bytes) -> None:
         """Write one chunk at its offset (idempotent for duplicates)."""
+        directory = Path(staged.path).parent
+        if staged.kind in self._reserved_kinds and self.reserve_bytes > 0 and offset + len(data) > staged.size:
+            free = free_bytes(directory)
+            if free is not None and free - len(data) < self.reserve_bytes:
+                self.full_reason = (f"{free} bytes free in {directory}, below the {self.reserve_bytes} bytes "
+                                    "kept for the registry")
+                raise StagingFull(errno.ENOSPC, f"spilling stopped: {self.full_reason}")
         try:
             written = os.pwrite(staged.fd, data, offset)
             while written < len(data):
                 written += os.pwrite(staged.fd, memoryview(data)[written:], offset + written)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.full_reason = f"no space left in {directory}"
                 raise StagingFull(exc.errno, f"no space left for staging in {Path(staged.path).parent}") from exc
             raise
         end = offset + len(data)

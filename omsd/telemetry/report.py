@@ -27,9 +27,16 @@ RECENT_SHOWN = 20  # rejections and errors listed by `omsctl status`
 
 
 def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Staging,
-                  broker_down_since: float | None, uptime_s: float) -> tuple[bool, list[str]]:
-    """Healthy, or the reasons why not (each one a sentence for an operator)."""
+                  broker_down_since: float | None, uptime_s: float,
+                  disk: dict | None = None) -> tuple[bool, list[str]]:
+    """Healthy, or the reasons why not (each one a sentence for an operator).
+
+    ``disk``: where state writes wait for space (see :meth:`omsd.statewrites.StateWrites.describe`).
+    """
     reasons = []
+    if disk is not None:
+        reasons.append(f"no space left in {disk['directory']} ({_free(disk['free_bytes'])} free): "
+                       f"{disk['waiting_writes']} registry writes wait, intake paused for {disk['since_s']:.0f}s")
     now = time.monotonic()
     for slot in pool.slots:
         if slot.state is not ProcessState.RUNNING:
@@ -42,14 +49,16 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
         reasons.append("staging memory above its budget")
     for intake in intakes:
         if PauseReason.STAGING_FULL in intake.flow.reasons:
-            reasons.append(f"staging disk full; consumer group {intake.group_id} paused")
+            reasons.append(f"staging disk full ({staging.full_reason or 'no space'}); "
+                           f"consumer group {intake.group_id} paused")
         if not intake.assigned and uptime_s > NO_ASSIGNMENT_GRACE_S:
             reasons.append(f"consumer group {intake.group_id} has no partitions assigned")
     return not reasons, reasons
 
 
 def status_report(*, state: DaemonState, uptime_s: float, config: Config, intakes: Sequence[Intake],
-                  staging: Staging, pool: WorkerPool, stats: Stats, handover: HandoverLog | None) -> dict[str, Any]:
+                  staging: Staging, pool: WorkerPool, stats: Stats, handover: HandoverLog | None,
+                  disk: dict | None = None) -> dict[str, Any]:
     """Everything ``omsctl status`` shows (JSON-ready)."""
     now = time.monotonic()
     rejected: dict[str, int] = {}
@@ -62,6 +71,7 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
         "partitions": [row for intake in intakes for row in intake.describe_partitions()],
         "in_progress": [a.describe(now) for intake in intakes for a in intake.assembler.files.values()],
         "staging": staging.snapshot(),
+        "disk_full": disk,
         "workers": pool.describe(),
         "totals": dict(stats.totals),
         "rejected": rejected,
@@ -71,3 +81,9 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
         "recent_rejections": [r for intake in intakes for r in intake.recent_rejections][-RECENT_SHOWN:],
         "recent_errors": stats.recent_errors[-RECENT_SHOWN:],
     }
+
+
+def _free(n: int | None) -> str:
+    if n is None:
+        return "? bytes"
+    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
