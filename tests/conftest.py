@@ -1,4 +1,15 @@
-"""Shared fixtures: a real Kafka-protocol broker (embedded Tansu) on a free loopback port."""
+"""Shared fixtures: a real Kafka-protocol broker (embedded Tansu) on a free loopback port.
+
+Two Tansu facts shape the fixtures and the tests that use them:
+
+- it keeps topics, messages and committed offsets in memory only: a broker that is stopped and
+  started again (even with the same ``data_dir``, which holds its log file, not its topics) starts
+  empty, so a test that restarts the broker sends its files again afterwards;
+- a consumer that closes (or is killed) while its group join is in progress can leave that group
+  without partitions for minutes — reproduced without omsd. A test that crashes a daemon during
+  start-up, or kills it before its partitions are assigned, must use a fresh group id (or a fresh
+  topic, whose default group ``omsd.<pipeline>`` is new with it) for the daemons that follow.
+"""
 
 from __future__ import annotations
 
