@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,22 +50,25 @@ class SourceFile:
 
 
 # -- data set ----------------------------------------------------------------------------------------
-def generate(root: Path, n_files: int, size: int, block: int = 8 << 20) -> list[SourceFile]:
-    """``n_files`` files of random bytes under ``root`` (in a few subdirectories)."""
+def generate(root: Path, n_files: int, size: int | Sequence[int], block: int = 8 << 20,
+             stem: str = "file") -> list[SourceFile]:
+    """``n_files`` files of random bytes under ``root`` (in a few subdirectories), named
+    ``run<i % 4>/<stem>_<i>.bin``; ``size`` is one size for all or one per file."""
+    sizes = [size] * n_files if isinstance(size, int) else list(size)
     files = []
     for i in range(n_files):
-        rel = f"run{i % 4}/file_{i:04d}.bin" if n_files > 1 else f"file_{i:04d}.bin"
+        rel = f"run{i % 4}/{stem}_{i:04d}.bin" if n_files > 1 else f"{stem}_{i:04d}.bin"
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha512()
         with open(path, "wb") as handle:
-            left = size
+            left = sizes[i]
             while left:
                 data = os.urandom(min(block, left))
                 digest.update(data)
                 handle.write(data)
                 left -= len(data)
-        files.append(SourceFile(path, rel, size, digest.digest()))
+        files.append(SourceFile(path, rel, sizes[i], digest.digest()))
     return files
 
 
@@ -178,13 +181,22 @@ class Verifier:
     size before the last write; the version seen then fails the hash, and the final one counts.)
     """
 
-    def __init__(self, out_dir: Path, files: list[SourceFile]) -> None:
+    def __init__(self, out_dir: Path, files: list[SourceFile], recheck_every: int = 1) -> None:
         self.out_dir = out_dir
         self.pending = {f.relative_path: f for f in files}
         self.seen: dict[str, tuple[tuple[int, int, int], float]] = {}  # newest version and when first seen
         self.complete_at: dict[str, float] = {}
         self.tried: dict[str, tuple[int, int, int]] = {}
         self.lock = threading.Lock()
+        # Files already seen at full size are looked at again only every ``recheck_every`` rounds (a later
+        # version is then noticed up to that many rounds late): with thousands of files, a stat of each one
+        # every round would take the CPU the program under test needs.
+        self.recheck_every = max(1, recheck_every)
+        self._rounds = 0
+        self._by_dir: dict[Path, dict[str, str]] = {}  # directory -> {file name: relative path}
+        for rel in self.pending:
+            path = out_dir / rel
+            self._by_dir.setdefault(path.parent, {})[path.name] = rel
 
     def _stamp(self, rel: str) -> tuple[int, int, int] | None:
         try:
@@ -194,17 +206,35 @@ class Verifier:
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def observe(self) -> None:
-        """Note the time at which each file's current version was first seen at full size."""
+        """Note the time at which each file's current version was first seen at full size.
+
+        Each directory is listed, and only the files it holds are ``stat``-ed (a missing file costs nothing).
+        """
         now = time.monotonic()
+        self._rounds += 1
+        recheck = self._rounds % self.recheck_every == 0
         with self.lock:
-            pending = [rel for rel in self.pending if rel not in self.complete_at]
-        for rel in pending:
-            stamp = self._stamp(rel)
-            if stamp is None or stamp[0] != self.pending[rel].size:
+            skip = set(self.complete_at) if recheck else set(self.complete_at) | set(self.seen)
+        for directory, names in self._by_dir.items():
+            try:
+                entries = os.scandir(directory)
+            except FileNotFoundError:
                 continue
-            with self.lock:
-                if self.seen.get(rel, (None,))[0] != stamp:
-                    self.seen[rel] = (stamp, now)
+            with entries:
+                for entry in entries:
+                    rel = names.get(entry.name)
+                    if rel is None or rel in skip:
+                        continue
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    if st.st_size != self.pending[rel].size:
+                        continue
+                    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+                    with self.lock:
+                        if self.seen.get(rel, (None,))[0] != stamp:
+                            self.seen[rel] = (stamp, now)
 
     def verify(self) -> bool:
         """Hash each file's newest version not hashed yet; True once every file is complete.
@@ -317,7 +347,10 @@ def time_raw(bootstrap: str, topic: str, group_id: str, n_messages: int, n_bytes
 
 
 def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[SourceFile], work: Path,
-                       threads: int, timeout: float) -> Timing:
+                       threads: int, timeout: float, then: Callable[[Path], None] | None = None,
+                       recheck_every: int = 1) -> Timing:
+    """Time DataFileDownloadDirectory until every file is verified; ``then(out_dir)`` runs while it still
+    runs (after its CPU time was taken), before it is stopped."""
     from tests.openmsistream_support import quit_openmsistream
 
     out = work / "out-openmsistream"
@@ -329,8 +362,11 @@ def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[So
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
                             cwd=work)
     try:
-        elapsed = wait_verified(proc, Verifier(out, files), started, timeout, "DataFileDownloadDirectory", log_path)
+        elapsed = wait_verified(proc, Verifier(out, files, recheck_every), started, timeout,
+                                "DataFileDownloadDirectory", log_path)
         cpu = cpu_seconds(proc.pid)
+        if then:
+            then(out)
     finally:
         quit_openmsistream(proc)
     return Timing(f"OpenMSIStream DataFileDownloadDirectory ({threads} threads)", elapsed,
@@ -397,7 +433,10 @@ def stop_omsd(proc: subprocess.Popen, timeout: float = 60) -> int:
 
 
 def time_omsd(bootstrap: str, topic: str, group_id: str, files: list[SourceFile], work: Path, workers: int,
-              timeout: float, on_start: Callable[[subprocess.Popen], None] | None = None) -> Timing:
+              timeout: float, on_start: Callable[[subprocess.Popen], None] | None = None,
+              then: Callable[[Path], None] | None = None, recheck_every: int = 1) -> Timing:
+    """Time `omsd download` until every file is verified; ``then(out_dir)`` runs while it still runs
+    (after its CPU time was taken), before it is stopped."""
     out = work / "out-omsd"
     config = write_omsd_config(work / "omsd.yaml", bootstrap, work / "omsd-state", workers)
     log_path = work / "logs" / "omsd.log"
@@ -406,8 +445,11 @@ def time_omsd(bootstrap: str, topic: str, group_id: str, files: list[SourceFile]
     if on_start:
         on_start(proc)
     try:
-        elapsed = wait_verified(proc, Verifier(out, files), started, timeout, "omsd download", log_path)
+        elapsed = wait_verified(proc, Verifier(out, files, recheck_every), started, timeout, "omsd download",
+                                log_path)
         cpu = cpu_seconds(proc.pid)
+        if then:
+            then(out)
     finally:
         code = stop_omsd(proc)
     note = f"CPU s: supervisor {cpu['supervisor']:.1f}, workers {cpu['workers']:.1f}"

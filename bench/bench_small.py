@@ -1,0 +1,300 @@
+"""Many small files: in-process raw writer vs OpenMSIStream's DataFileDownloadDirectory vs `omsd download`.
+
+One run, one fresh embedded broker, one data set (default 3000 files of 1–64 KiB,
+one chunk each) produced once into one topic per reader (identical content and
+order; no partition set, so librdkafka's key hash spreads the files over the 4
+partitions as OpenMSIStream's stock uploader does). Each reader is timed from
+its launch until every file is on disk with the right bytes (the download
+bench's :class:`Verifier`). Then, with that reader caught up and idle, single
+files are produced one at a time and the latency from the broker's
+acknowledgement of the chunk to the file being complete on disk is measured
+(p50 / p95).
+
+    .venv/bin/python bench/bench_small.py                 # 3000 files, 30 latency files
+    .venv/bin/python bench/bench_small.py --files 300 --latency 10
+    .venv/bin/python bench/bench_small.py --only raw --only omsd --profile
+
+The raw writer runs inside this process (a consumer thread: decode, sha512,
+write a temporary file, rename; no fsync), timed from the creation of its
+consumer: no interpreter start-up, so that the ratio shows omsd's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_download import (  # noqa: E402
+    HEARTBEAT_INTERVAL_MS, POLL_S, READERS, REPO, SESSION_TIMEOUT_MS, Profiler, SourceFile, Timing, Verifier,
+    chunk_stream, generate, process_cpu, produce_omsd_format, time_omsd, time_openmsistream,
+)
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MIN_SIZE, MAX_SIZE = 1 << 10, 64 << 10
+RECHECK_EVERY = 25  # rounds of POLL_S between looks at files already seen complete (see Verifier)
+LATENCY_POLL_S = 0.001
+IDLE_BEFORE_S = (0.15, 0.3)  # the reader is left idle this long (random) before each latency file
+
+
+@dataclass
+class Result:
+    timing: Timing
+    n_files: int
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def files_per_s(self) -> float:
+        return self.n_files / self.timing.seconds
+
+
+# -- the raw writer (in this process) -------------------------------------------------------------------
+class RawWriter:
+    """A bare consumer thread that saves single-chunk files: decode, check the sha512, write, rename."""
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str, out: Path) -> None:
+        from confluent_kafka import Consumer
+
+        self.out = out
+        self.started = time.monotonic()
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS, "fetch.queue.backoff.ms": 1, "fetch.wait.max.ms": 10,
+        })
+        self.consumer.subscribe([topic])
+        self.written = 0
+        self.errors: list[str] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        import msgpack
+
+        made: set[Path] = set()
+        while not self.stopped.is_set():
+            first = self.consumer.poll(0.05)  # returns at the first message (consume() waits out its timeout)
+            batch = [first, *self.consumer.consume(num_messages=499, timeout=0)] if first is not None else []
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                fields = msgpack.unpackb(msg.value(), raw=False)
+                filename, file_hash, _chunk_hash, offset, _i, n_total, subdir, _append, data = fields[:9]
+                if n_total != 1 or offset != 0 or hashlib.sha512(data).digest() != file_hash:
+                    self.errors.append(f"{subdir}/{filename}: not a whole, matching single chunk")
+                    continue
+                directory = self.out / subdir if subdir else self.out
+                if directory not in made:
+                    directory.mkdir(parents=True, exist_ok=True)
+                    made.add(directory)
+                temp = directory / f".tmp-{filename}"
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                os.replace(temp, directory / filename)
+                self.written += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.consumer.close()
+
+
+def time_raw_writer(bootstrap: str, topic: str, group_id: str, files: list[SourceFile], work: Path,
+                    timeout: float, then) -> Timing:
+    out = work / "out-raw"
+    verifier = Verifier(out, files, RECHECK_EVERY)
+    writer = RawWriter(bootstrap, topic, group_id, out)
+    cpu0 = time.process_time()
+    try:
+        while writer.written < len(files):
+            if time.monotonic() - writer.started > timeout:
+                raise RuntimeError(f"raw writer: {writer.written}/{len(files)} files after {timeout:.0f} s")
+            time.sleep(POLL_S / 4)
+        elapsed = time.monotonic() - writer.started
+        cpu = time.process_time() - cpu0
+        if not verifier.check():
+            raise RuntimeError(f"raw writer: {len(files) - len(verifier.complete_at)} files wrong on disk; "
+                               f"{writer.errors[:3]}")
+        then(out)
+    finally:
+        writer.stop()
+    return Timing("raw writer (in-process: decode, sha512, write, rename)", elapsed, sum(f.size for f in files),
+                  f"CPU s: {cpu:.1f} (this whole process)")
+
+
+# -- latency --------------------------------------------------------------------------------------------
+class LatencyProbe:
+    """Produces single files one at a time and times each from its acknowledgement to complete on disk."""
+
+    def __init__(self, bootstrap: str, files: list[SourceFile], timeout: float = 30.0) -> None:
+        from confluent_kafka import Producer
+
+        self.files = files
+        self.timeout = timeout
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+
+    def run(self, topic: str, out: Path) -> list[float]:
+        latencies = []
+        rng = random.Random(7)
+        for source in self.files:
+            time.sleep(rng.uniform(*IDLE_BEFORE_S))
+            ((key, value),) = list(chunk_stream(source))
+            acked: list[float] = []
+            self.producer.produce(topic, key=key, value=value,
+                                  on_delivery=lambda err, _m: acked.append(time.monotonic()) if err is None else None)
+            self.producer.flush(10)
+            if not acked:
+                raise RuntimeError(f"latency file {source.relative_path} not acknowledged")
+            latencies.append(self._wait_on_disk(out / source.relative_path, source) - acked[0])
+        return latencies
+
+    def _wait_on_disk(self, path: Path, source: SourceFile) -> float:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            try:
+                if path.stat().st_size == source.size and hashlib.sha512(path.read_bytes()).digest() == source.sha512:
+                    return now
+            except FileNotFoundError:
+                pass
+            time.sleep(LATENCY_POLL_S)
+        raise RuntimeError(f"latency file {source.relative_path} not on disk after {self.timeout:.0f} s")
+
+    def close(self) -> None:
+        self.producer.flush(10)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# -- main -----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=3000, help="number of small files (default 3000)")
+    parser.add_argument("--latency", type=int, default=30, help="single files timed for latency (default 30)")
+    parser.add_argument("--quick", action="store_true", help="300 files, 10 latency files")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="omsd workers (CPU count)")
+    parser.add_argument("--oms-threads", type=int, default=os.cpu_count() or 1,
+                        help="DataFileDownloadDirectory --n_threads (CPU count)")
+    parser.add_argument("--only", action="append", choices=READERS, help="run only these readers (repeatable)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds each reader may take")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the file sizes")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
+    parser.add_argument("--profile", action="store_true",
+                        help="record omsd with py-spy (supervisor and workers) into WORK/profile-omsd.txt")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.latency = 300, 10
+    return args
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    from omsd.dev.broker import EmbeddedBroker
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-small-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(exist_ok=True)
+    rng = random.Random(args.seed)
+    print(f"work dir: {work}")
+    print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}   load average {os.getloadavg()[0]:.1f}")
+    files = generate(work / "data", args.files, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.files)])
+    probes = generate(work / "latency", args.latency, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.latency)],
+                      stem="latency")
+    total = sum(f.size for f in files)
+    print(f"data set: {len(files)} files of {MIN_SIZE >> 10}-{MAX_SIZE >> 10} KiB = {total / 1e6:.0f} MB, one chunk "
+          f"each; {len(probes)} latency files")
+    readers = [r for r in READERS if r in (args.only or READERS)]
+    broker = EmbeddedBroker(data_dir=work / "broker")
+    broker.start()
+    results: list[Result] = []
+    try:
+        for reader in readers:
+            t = time.monotonic()
+            produce_omsd_format(broker.bootstrap, f"bench_small_{reader}", files)
+            print(f"produced into bench_small_{reader} (no partition set) in {time.monotonic() - t:.1f} s")
+        probe = LatencyProbe(broker.bootstrap, probes)
+        run_id = os.urandom(3).hex()
+        for reader in readers:
+            topic, group = f"bench_small_{reader}", f"bench-small-{reader}-{run_id}"
+            latencies: list[float] = []
+
+            def then(out: Path, topic: str = topic, latencies: list[float] = latencies) -> None:
+                latencies.extend(probe.run(topic, out))
+
+            print(f"timing {reader} (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
+            broker_cpu = process_cpu(broker.process.pid)
+            if reader == "raw":
+                timing = time_raw_writer(broker.bootstrap, topic, group, files, work, args.timeout, then)
+            elif reader == "openmsistream":
+                timing = time_openmsistream(broker.bootstrap, topic, group, files, work, args.oms_threads,
+                                            args.timeout, then=then, recheck_every=RECHECK_EVERY)
+            else:
+                profiler = Profiler(work / "profile-omsd.txt") if args.profile else None
+                timing = time_omsd(broker.bootstrap, topic, group, files, work, args.workers, args.timeout,
+                                   on_start=profiler.attach if profiler else None, then=then,
+                                   recheck_every=RECHECK_EVERY)
+                if profiler:
+                    print(f"  profile: {profiler.finish()}")
+            timing.note += f"; broker {process_cpu(broker.process.pid) - broker_cpu:.1f} (with the latency files)"
+            result = Result(timing, len(files), latencies)
+            print(f"  {timing.seconds:.2f} s  {result.files_per_s:.0f} files/s  {timing.note}", flush=True)
+            if latencies:
+                print(f"  latency ms: p50 {percentile(latencies, 0.5) * 1e3:.0f}  "
+                      f"p95 {percentile(latencies, 0.95) * 1e3:.0f}  max {max(latencies) * 1e3:.0f}", flush=True)
+            results.append(result)
+        probe.close()
+    finally:
+        broker.stop()
+    report(results)
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def report(results: list[Result]) -> None:
+    print()
+    print(f"{'reader':56} {'seconds':>8} {'files/s':>8} {'p50 ms':>7} {'p95 ms':>7}")
+    for r in results:
+        p50 = f"{percentile(r.latencies, 0.5) * 1e3:7.0f}" if r.latencies else f"{'-':>7}"
+        p95 = f"{percentile(r.latencies, 0.95) * 1e3:7.0f}" if r.latencies else f"{'-':>7}"
+        print(f"{r.timing.reader:56} {r.timing.seconds:8.2f} {r.files_per_s:8.0f} {p50} {p95}")
+    by = {r.timing.reader.split()[0]: r for r in results}
+    omsd, oms, raw = by.get("omsd"), by.get("OpenMSIStream"), by.get("raw")
+    if omsd and oms:
+        ratio = omsd.files_per_s / oms.files_per_s
+        print(f"omsd / OpenMSIStream = {ratio:.2f}x files/s  (target >= 2x: {'met' if ratio >= 2 else 'MISSED'})")
+    if omsd and raw:
+        ratio = omsd.files_per_s / raw.files_per_s
+        print(f"omsd / raw writer    = {ratio:.2f}x files/s  (target >= 0.75x: {'met' if ratio >= 0.75 else 'MISSED'})")
+    if omsd and omsd.latencies:
+        p50, p95 = percentile(omsd.latencies, 0.5), percentile(omsd.latencies, 0.95)
+        print(f"omsd latency p50 {p50 * 1e3:.0f} ms (target <= 50: {'met' if p50 <= 0.05 else 'MISSED'}), "
+              f"p95 {p95 * 1e3:.0f} ms (target <= 100: {'met' if p95 <= 0.1 else 'MISSED'})")
+    if oms and oms.latencies:
+        print(f"OpenMSIStream latency p50 {percentile(oms.latencies, 0.5) * 1e3:.0f} ms, "
+              f"p95 {percentile(oms.latencies, 0.95) * 1e3:.0f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
