@@ -27,6 +27,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka then postpones each partition's next fetch by this long (default 1000 ms), which left the
     # whole pipeline idle for up to a second after every catch-up.
     "fetch.queue.backoff.ms": 20,
+    # How long the broker may hold a fetch that finds nothing new (librdkafka's default 500 ms). The embedded
+    # broker answers such a fetch only when this runs out, so a file sent to an idle daemon waited up to this
+    # long; at 10 ms an idle consumer sends about a hundred small fetches a second.
+    "fetch.wait.max.ms": 10,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {

@@ -44,6 +44,7 @@ from omsd.telemetry.systemd import Notifier, watchdog_interval
 log = structlog.get_logger(__name__)
 
 POLL_TIMEOUT_S = 0.1
+WORKING_WAIT_S = 0.005  # while workers are busy and Kafka has nothing: wait on them this long between polls
 STATUS_EVERY_S = 10.0
 RETRY_SCAN_EVERY_S = 30.0
 LAG_EVERY_S = 15.0
@@ -210,18 +211,23 @@ class Supervisor:
         librdkafka's bounded prefetch then stops fetching by itself, without the purge and re-fetch
         that pausing its partitions costs. The loop waits for worker reports instead.
         """
-        timeout = POLL_TIMEOUT_S / max(1, len(self.intakes))
-        if self.pool.busy():
-            timeout = min(timeout, 0.01)  # worker results are waiting to be handled
-        polled = False
+        # While workers hold files, their reports (and their need for the next file) must not wait for a
+        # Kafka poll to time out: the consumers are only looked at, and the wait is on the workers' pipes.
+        working = self.pool.pending() > 0
+        timeout = 0.0 if working else POLL_TIMEOUT_S / max(1, len(self.intakes))
+        polled = read = False
         for intake in self.intakes:
             if not intake.flow.polled():
                 continue
             polled = True
+            before = intake.messages_read
             for assembly in intake.poll(timeout):
                 self.jobs.file_complete(intake, assembly)
+            read = read or intake.messages_read != before
         if not polled:
             self.pool.wait(POLL_TIMEOUT_S)
+        elif working and not read:
+            self.pool.wait(WORKING_WAIT_S)
 
     # -- worker reports --------------------------------------------------------------------------
     def handle_worker_events(self) -> None:

@@ -120,6 +120,8 @@ class DataFile:
         self._full_filepath: Path | None = None
         self._bytestring: bytes | None = None
         self._prepared: dict[Path, Path] = {}  # target -> temporary copy written ahead (see save's prepare)
+        self._prepared_roots: dict[str, Path] = {}  # save root -> its prepared target
+        self._unsynced: list[Path] = []  # files written by steps and not yet made durable
 
     # ---- identity -------------------------------------------------------
 
@@ -248,8 +250,16 @@ class DataFile:
 
     # ---- copies written ahead of verification (the save step's prepare) ----
 
-    def add_prepared(self, target: Path, temp: Path) -> None:
+    def add_prepared(self, target: Path, temp: Path, root: str | None = None) -> None:
+        """``temp`` holds this file's bytes for ``target`` (checked to lie under ``root``)."""
         self._prepared[target] = temp
+        if root is not None:
+            self._prepared_roots[root] = target
+
+    def prepared_target(self, root: str) -> Path | None:
+        """The target a copy was prepared for under ``root`` (its path checked when it was prepared)."""
+        target = self._prepared_roots.get(root)
+        return target if target in self._prepared else None
 
     def take_prepared(self, target: Path) -> Path | None:
         """The temporary copy prepared for ``target``, handed over once."""
@@ -263,6 +273,18 @@ class DataFile:
             except OSError:
                 pass
         self._prepared.clear()
+        self._prepared_roots.clear()
+
+    # ---- files written and not yet durable (see workers.durability) ----------------------------
+
+    def note_unsynced(self, path: Path) -> None:
+        """A step wrote ``path`` without fsync: the worker makes it durable before reporting the file."""
+        self._unsynced.append(path)
+
+    def take_unsynced(self) -> list[Path]:
+        """The files written since the last call, handed over once."""
+        out, self._unsynced = self._unsynced, []
+        return out
 
     def __repr__(self) -> str:
         return (

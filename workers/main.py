@@ -9,6 +9,11 @@ confluent_kafka. Talks to the supervisor over one duplex pipe:
     worker → supervisor   {"type": "ready"}
                           {"type": "step", "task_id", "outcome": {...}}      after each finished step
                           {"type": "result", "task_id", "status", ...}      when the file is finished
+
+The supervisor may send several tasks before the first is finished; they are
+worked through in order. Reports are held while more tasks are waiting (at
+most about :data:`workers.outbox.FLUSH_AFTER_S`), and sent only after the
+files saved for them were made durable (:mod:`workers.outbox`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from omsd.exitcodes import RET_WORKER_BOOT
+from workers.durability import make_durable
 from workers.mapped import for_each_window
+from workers.outbox import Outbox
 
 BLOCK = 8 << 20
+INLINE_HASH_MAX = 256 << 10  # files up to this size are hashed at once: faster than handing them to a thread
 
 
 def file_sha512(path: str, size: int) -> bytes:
@@ -61,13 +69,18 @@ def _outcome_dict(outcome: Any) -> dict:
             "messages": [(m.topic, m.key, m.value) for m in outcome.messages]}
 
 
-def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
+def process(task: dict, runners: dict[str, Any], send: Any, saved: Any = None) -> dict:
     """Verify one staged file and run the requested pipelines on it; returns the result message.
 
-    While a thread hashes the file, the pipelines' first steps may work ahead
+    While a thread hashes a file larger than :data:`INLINE_HASH_MAX`, the pipelines' first steps may work ahead
     (``save`` writes its hidden temporary copy): the disk write then overlaps
     the hashing instead of following it. Nothing becomes visible before the
     hash matches; on a mismatch the prepared copies are removed.
+
+    Step outcomes go to ``send`` as they happen; the files the steps wrote go to
+    ``saved`` (a list of paths), which must make them durable before those outcomes
+    are reported (the worker's :class:`~workers.outbox.Outbox`); without ``saved``
+    they are made durable here, before this returns.
     """
     from workers.datafile import DataFile
 
@@ -76,17 +89,20 @@ def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
     datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
                         filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],
                         topic=meta["topic"], filename_append=meta.get("filename_append", ""))
-    hashing = _hasher().submit(file_sha512, ref["path"], ref["size"])
-    try:
-        for name in task["pipelines"]:
-            runners[name].prepare(datafile, task["done"].get(name, ()))  # failures here are left to run()
-    finally:
-        wait([hashing])  # the next file must not start while this one is still being hashed
-    try:
-        actual = hashing.result()
-    except BaseException:
-        datafile.discard_prepared()
-        raise
+    if ref["size"] <= INLINE_HASH_MAX:
+        actual = file_sha512(ref["path"], ref["size"])
+    else:
+        hashing = _hasher().submit(file_sha512, ref["path"], ref["size"])
+        try:
+            for name in task["pipelines"]:
+                runners[name].prepare(datafile, task["done"].get(name, ()))  # failures here are left to run()
+        finally:
+            wait([hashing])  # the next file must not start while this one is still being hashed
+        try:
+            actual = hashing.result()
+        except BaseException:
+            datafile.discard_prepared()
+            raise
     if actual != meta["file_hash"]:
         datafile.discard_prepared()
         bad = bad_chunks(ref["path"], task.get("chunks", ()))
@@ -100,6 +116,9 @@ def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
             done = set(task["done"].get(name, ()))
 
             def on_step(outcome: Any) -> None:
+                written = datafile.take_unsynced()  # the step's files are made durable before it is reported
+                if written:
+                    (saved or make_durable)(written)
                 send({"type": "step", "task_id": task["task_id"], "outcome": _outcome_dict(outcome)})
 
             datafile.full_filepath = None
@@ -107,6 +126,9 @@ def process(task: dict, runners: dict[str, Any], send: Any) -> dict:
     finally:
         datafile.discard_prepared()  # copies a failed or skipped step did not use
         datafile.release()
+        written = datafile.take_unsynced()
+        if written:
+            (saved or make_durable)(written)
     return {"type": "result", "task_id": task["task_id"], "status": "ok", "pipelines": results,
             "duration_s": time.monotonic() - started}
 
@@ -163,19 +185,27 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
             sys.exit(RET_WORKER_BOOT)
     assert "confluent_kafka" not in sys.modules, "workers must not import confluent_kafka"
     conn.send({"type": "ready", "pid": os.getpid()})
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return  # the supervisor is gone
-        if task is None:
-            return
-        try:
-            result = process(task, runners, conn.send)
-        except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker
-            log.exception("file processing raised", path=task.get("file", {}).get("relative_path"))
-            result = {"type": "result", "task_id": task["task_id"], "status": "error", "error": repr(exc)}
-        try:
-            conn.send(result)
-        except (BrokenPipeError, OSError):
-            return
+    # Reports wait in the outbox while more files are in hand, so that the files saved for them are made
+    # durable together (see workers.outbox); with nothing more in hand they are sent at once.
+    outbox = Outbox(conn.send)
+    try:
+        while True:
+            if outbox and not conn.poll(0):
+                outbox.flush()
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                return  # the supervisor is gone
+            if task is None:
+                outbox.close()
+                return
+            try:
+                result = process(task, runners, outbox.put, outbox.saved)
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker
+                log.exception("file processing raised", path=task.get("file", {}).get("relative_path"))
+                result = {"type": "result", "task_id": task["task_id"], "status": "error", "error": repr(exc)}
+            outbox.put(result)
+            if outbox.due():
+                outbox.flush()
+    except (BrokenPipeError, OSError):
+        return

@@ -1,10 +1,13 @@
 """The worker pool: numbered slots of spawned worker processes.
 
 A completed file goes to the slot its path hashes to, so one path is always
-handled by one worker, in order. Each slot runs one task at a time; a slot
-whose process dies is restarted with backoff and its in-flight task goes
-back to the front of its queue, unless that task has now killed workers
-``poison_limit`` times (then it is handed back as poison).
+handled by one worker, in order. A slot's worker works through its tasks one
+at a time; when files are cheap (the recent mean time per file is well under
+:data:`AHEAD_S`) it is sent several ahead, so that it never waits for the
+supervisor between them and can make their saves durable together. A slot
+whose process dies is restarted with backoff and its in-flight tasks go back
+to the front of its queue, in order; the one it was working on counts a
+death, and after ``poison_limit`` deaths is handed back as poison.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = structlog.get_logger(__name__)
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets its slot's backoff
+AHEAD_S = 0.02  # files worth about this much work are sent to a worker ahead of the one it works on
+MAX_IN_FLIGHT = 32  # and never more than this many
 
 
 @dataclass
@@ -50,7 +55,7 @@ class Slot:
     process: Any = None
     conn: Any = None
     queue: deque[Task] = field(default_factory=deque)
-    current: Task | None = None
+    in_flight: deque[Task] = field(default_factory=deque)  # sent to the worker, in order; the first is running
     started_at: float = 0.0
     restart_at: float = 0.0
     backoff_s: float = BACKOFF_START_S
@@ -59,9 +64,15 @@ class Slot:
     boot_failures: int = 0
     last_death: float | None = None
 
+    @property
+    def current(self) -> Task | None:
+        """The task the worker is working on (the oldest one sent)."""
+        return self.in_flight[0] if self.in_flight else None
+
     def describe(self) -> dict:
         return {"slot": self.index, "pid": self.process.pid if self.process else None, "state": self.state.value,
-                "current_file": self.current.relative_path if self.current else None, "queued": len(self.queue),
+                "current_file": self.current.relative_path if self.current else None,
+                "queued": len(self.queue) + max(0, len(self.in_flight) - 1),
                 "files_done": self.files_done, "restarts": self.restarts}
 
 
@@ -79,6 +90,7 @@ class WorkerPool:
         self.log_json = log_json
         self.poison_limit = poison_limit
         self.slots = [Slot(i) for i in range(size)]
+        self.mean_task_s: float | None = None  # moving average of the workers' time per file
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,7 +146,7 @@ class WorkerPool:
 
     def busy(self) -> bool:
         """True when a worker has a message ready for us."""
-        return any(s.conn is not None and s.current is not None and s.conn.poll() for s in self.slots)
+        return any(s.conn is not None and s.in_flight and s.conn.poll() for s in self.slots)
 
     def wait(self, timeout: float) -> None:
         """Sleep until a worker has something to say (or a worker exits), at most ``timeout``."""
@@ -146,23 +158,31 @@ class WorkerPool:
             time.sleep(timeout)
 
     def pending(self) -> int:
-        return sum(len(s.queue) + (1 if s.current else 0) for s in self.slots)
+        return sum(len(s.queue) + len(s.in_flight) for s in self.slots)
+
+    def in_flight_limit(self) -> int:
+        """How many tasks a worker may hold: one, or several when files take well under AHEAD_S each."""
+        if self.mean_task_s is None:
+            return 1
+        return max(1, min(MAX_IN_FLIGHT, int(AHEAD_S / max(self.mean_task_s, 1e-6))))
 
     def backlog(self) -> Backlog:
         """Files running or waiting, per slot, and their staged size."""
-        tasks = [[*s.queue, *([s.current] if s.current else [])] for s in self.slots]
-        return Backlog(per_worker=tuple(len(t) for t in tasks), size_bytes=sum(t.size for ts in tasks for t in ts))
+        tasks = [[*s.queue, *s.in_flight] for s in self.slots]
+        return Backlog(per_worker=tuple(len(t) for t in tasks), size_bytes=sum(t.size for ts in tasks for t in ts),
+                       in_flight=self.in_flight_limit())
 
     def dispatch(self) -> None:
-        """Give each idle, running worker the next task of its slot."""
+        """Send each running worker the next tasks of its slot, up to :meth:`in_flight_limit`."""
+        limit = self.in_flight_limit()
         for slot in self.slots:
-            if slot.state is ProcessState.RUNNING and slot.current is None and slot.queue:
+            while slot.state is ProcessState.RUNNING and len(slot.in_flight) < limit and slot.queue:
                 task = slot.queue.popleft()
-                slot.current = task
+                slot.in_flight.append(task)
                 try:
                     slot.conn.send(task.payload)
                 except OSError:
-                    pass  # the worker died; reap() hands the task back
+                    break  # the worker died; reap() hands the tasks back
 
     def events(self, timeout: float = 0.0) -> list[tuple[Slot, dict, Task | None]]:
         """Messages from workers (ready, step, result) with the task they concern.
@@ -182,13 +202,18 @@ class WorkerPool:
                     task = slot.current
                     if message.get("type") == "ready":
                         slot.state = ProcessState.RUNNING
-                    elif message.get("type") == "result":
-                        slot.current = None
+                    elif message.get("type") == "result" and task is not None:
+                        slot.in_flight.popleft()  # results come in the order the tasks were sent
                         slot.files_done += 1
+                        self._observe(message.get("duration_s"))
                     out.append((slot, message, task))
             except (EOFError, OSError):
                 pass  # reap() notices the exit
         return out
+
+    def _observe(self, duration_s: float | None) -> None:
+        if duration_s is not None:
+            self.mean_task_s = duration_s if self.mean_task_s is None else 0.9 * self.mean_task_s + 0.1 * duration_s
 
     def reap(self) -> list[Task]:
         """Notice dead workers; re-queue their tasks and return those that became poison."""
@@ -206,17 +231,18 @@ class WorkerPool:
             slot.conn.close()
             slot.conn = None
             booted = slot.state is ProcessState.RUNNING
-            task, slot.current = slot.current, None
+            task = slot.current  # the one it was working on; the others it had not started (or not reported)
             if not booted and code == RET_WORKER_BOOT:
                 slot.boot_failures += 1
             log.error("worker died", slot=slot.index, pid=slot.process.pid, exitcode=code,
                       file=task.relative_path if task else None)
+            handed_back = list(slot.in_flight)
+            slot.in_flight.clear()
             if task is not None:
                 task.deaths += 1
                 if task.deaths >= self.poison_limit:
-                    poison.append(task)
-                else:
-                    slot.queue.appendleft(task)
+                    poison.append(handed_back.pop(0))
+            slot.queue.extendleft(reversed(handed_back))
             slot.state = ProcessState.BACKOFF
             slot.last_death = now
             slot.restart_at = now + slot.backoff_s

@@ -138,8 +138,7 @@ class Intake:
         (sha512 releases the GIL); then the chunks are staged in order.
         """
         self.flow.retry_staging(time.monotonic())
-        batch = batch_size(self._message_bytes)
-        items = [item for item in map(self._decode, self.consumer.consume(num_messages=batch, timeout=timeout))
+        items = [item for item in map(self._decode, self._fetch(batch_size(self._message_bytes), timeout))
                  if item is not None]
         if self.verify_at_intake:
             self._verify_hashes(items)
@@ -167,6 +166,20 @@ class Intake:
                 self.processing.add(done.key)
                 completed.append(done)
         return completed
+
+    def _fetch(self, batch: int, timeout: float) -> list[Message]:
+        """Up to ``batch`` messages; waits at most ``timeout`` for the first, none for the rest.
+
+        (``consume`` would wait out its whole timeout unless the batch fills, which delays the one small
+        file that arrives while the daemon is idle by up to the timeout.)
+        """
+        messages = self.consumer.consume(num_messages=batch, timeout=0)
+        if messages or timeout <= 0:
+            return messages
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(num_messages=batch - 1, timeout=0)] if batch > 1 else [first]
 
     def _decode(self, msg: Message) -> tuple[Message, tuple[str, int], Chunk | ProtocolError] | None:
         err = msg.error()

@@ -76,6 +76,7 @@ def test_process_saves_the_copy_written_while_hashing(tmp_path, monkeypatch) -> 
         return digest
 
     monkeypatch.setattr(worker, "file_sha512", slow_hash)
+    monkeypatch.setattr(worker, "INLINE_HASH_MAX", 0)  # hash in the thread even a file this small
     sent: list = []
     result = worker.process(_task(staged, content, hashlib.sha512(content).digest()), _runner(tmp_path / "out"),
                             sent.append)

@@ -1,9 +1,13 @@
 """The ``save`` step: write the file to ``dir/subdir/filename``, atomically.
 
 The bytes go from the staging file into a temporary file in the target
-directory, which is fsynced, given the uploader's mtime, and renamed over the
-target. A reader never sees a partial file, and running the step again
-rewrites identical content.
+directory, which is given the uploader's mtime and renamed over the target.
+A reader never sees a partial file, and running the step again rewrites
+identical content. Nothing is fsynced here: the saved path is noted on the
+file (:meth:`DataFile.note_unsynced`), and the worker makes every file it
+saved durable in one go (:mod:`workers.durability`) before it reports them,
+so the supervisor records a save, and commits offsets past it, only once the
+file and its directory entry are on disk.
 
 Files of a MiB or more are written with direct I/O (``O_DIRECT``) straight from
 a read-only mapping of the staged bytes: the disk reads them from shared
@@ -22,14 +26,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import structlog
-
 from omsd.wire.paths import resolve_under, safe_relative_path
 from workers.datafile import DataFile
 from workers.mapped import for_each_window
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext
-
-log = structlog.get_logger(__name__)
 
 COPY_BLOCK = 64 * 1024 * 1024
 TEMP_PREFIX = ".omsd-tmp-"
@@ -87,25 +87,12 @@ def copy_range(src: int, dst: int, size: int, block: int = COPY_BLOCK, methods: 
         offset += done
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _DirectRefused(Exception):
     """The file system will not do direct I/O for this file."""
 
 
 def write_direct(src: int, temp: Path, size: int) -> bool:
-    """Write bytes ``[0, size)`` of ``src`` into a new file ``temp`` with O_DIRECT, and fsync it.
+    """Write bytes ``[0, size)`` of ``src`` into a new file ``temp`` with O_DIRECT (not fsynced).
 
     The whole blocks go straight from a mapping of ``src`` to the disk; the last
     partial block goes through the page cache. Returns False when the file
@@ -135,7 +122,6 @@ def write_direct(src: int, temp: Path, size: int) -> bool:
         copied = for_each_window(src, size, visit)
         if copied < size:
             raise OSError(errno.EIO, f"source ended after {copied} of {size} bytes")
-        os.fsync(dst)
     except _DirectRefused:
         return False
     finally:
@@ -144,12 +130,11 @@ def write_direct(src: int, temp: Path, size: int) -> bool:
 
 
 def write_buffered(src: int, temp: Path, size: int) -> None:
-    """Copy bytes ``[0, size)`` of ``src`` into a new file ``temp`` through the page cache, and fsync it."""
+    """Copy bytes ``[0, size)`` of ``src`` into a new file ``temp`` through the page cache (not fsynced)."""
     dst = os.open(temp, _WRITE_FLAGS, 0o666)
     try:
         copy_range(src, dst, size)
         os.ftruncate(dst, size)
-        os.fsync(dst)
     finally:
         os.close(dst)
 
@@ -163,15 +148,16 @@ def _temp_for(target: Path) -> Path:
 
 def _checked_target(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     target = target_path(datafile, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
-    if target.is_dir():
+    if not os.path.isdir(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
+    if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(target))
     return target
 
 
 def _write_temp(datafile: DataFile, temp: Path, direct_io: bool) -> None:
-    """Fill ``temp`` with the file's bytes and fsync it (removed again if that fails)."""
+    """Fill ``temp`` with the file's bytes (removed again if that fails)."""
     src = os.open(datafile.staged_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if not (direct_io and datafile.size >= DIRECT_MIN and write_direct(src, temp, datafile.size)):
@@ -201,12 +187,17 @@ def prepare_save(datafile: DataFile, root: str | os.PathLike[str], direct_io: bo
     target = _checked_target(datafile, root)
     temp = _temp_for(target)
     _write_temp(datafile, temp, direct_io)
-    datafile.add_prepared(target, temp)
+    datafile.add_prepared(target, temp, os.fspath(root))
 
 
 def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: bool = True) -> Path:
-    """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path."""
-    target = _checked_target(datafile, root)
+    """Write ``datafile`` under ``root`` atomically, set its ``full_filepath``, return the path.
+
+    The file is not yet durable when this returns: it is noted on ``datafile`` for the worker's next
+    :func:`workers.durability.make_durable` (or call :func:`make_durable` on ``datafile.take_unsynced()``).
+    """
+    # A copy prepared moments ago was checked then; its target is not resolved again.
+    target = datafile.prepared_target(os.fspath(root)) or _checked_target(datafile, root)
     temp = _temp_for(target)
     if datafile.take_prepared(target) != temp:
         _write_temp(datafile, temp, direct_io)
@@ -217,9 +208,8 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: b
     except BaseException:
         _remove(temp)
         raise
-    _fsync_dir(target.parent)
+    datafile.note_unsynced(target)
     datafile.full_filepath = target
-    log.debug("file saved", path=str(target), size=datafile.size)
     return target
 
 

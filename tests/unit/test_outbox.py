@@ -1,0 +1,108 @@
+"""The worker's outbox: reports are sent only after the files saved for them were made durable."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import workers.durability as durability
+import workers.outbox as outbox_module
+from workers.outbox import Outbox
+
+
+def _collect(events: list, lock: threading.Lock):
+    def send(message: dict) -> None:
+        with lock:
+            events.append(("sent", message["task_id"], message["type"]))
+    return send
+
+
+def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_path) -> None:
+    events: list = []
+    lock = threading.Lock()
+
+    def durable(paths):
+        with lock:
+            events.append(("durable", sorted(os.path.basename(p) for p in paths)))
+        return len(paths)
+
+    monkeypatch.setattr(outbox_module, "make_durable", durable)
+    box = Outbox(_collect(events, lock))
+    for task_id in (1, 2):
+        box.saved([tmp_path / f"f{task_id}"])
+        box.put({"type": "step", "task_id": task_id})
+        box.put({"type": "result", "task_id": task_id})
+    box.close()
+    assert events[0] == ("durable", ["f1", "f2"])  # one barrier for the group, before anything is sent
+    assert events[1:] == [("sent", 1, "step"), ("sent", 1, "result"), ("sent", 2, "step"), ("sent", 2, "result")]
+
+
+def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_reports(monkeypatch, tmp_path) -> None:
+    sent: list = []
+
+    def broken(_paths):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(outbox_module, "make_durable", broken)
+    box = Outbox(sent.append)
+    box.saved([tmp_path / "f"])
+    box.put({"type": "step", "task_id": 3, "outcome": {"status": "done"}})
+    box.put({"type": "result", "task_id": 3, "status": "ok"})
+    box.close()
+    assert [(m["type"], m["status"]) for m in sent] == [("result", "error")]
+    assert "could not be made durable" in sent[0]["error"]
+
+
+def test_a_report_held_while_the_worker_is_busy_is_sent_by_itself(monkeypatch) -> None:
+    monkeypatch.setattr(outbox_module, "FLUSH_AFTER_S", 0.01)
+    sent: list = []
+    box = Outbox(sent.append)
+    box.put({"type": "step", "task_id": 4})  # then the worker runs a long step and does not flush
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [m["task_id"] for m in sent] == [4]
+    box.close()
+
+
+def test_due_after_enough_results() -> None:
+    box = Outbox(lambda _m: None)
+    for task_id in range(outbox_module.FLUSH_EVERY - 1):
+        box.put({"type": "result", "task_id": task_id})
+    assert not box.due()
+    box.put({"type": "result", "task_id": 99})
+    assert box.due()
+    box.close()
+
+
+def test_make_durable_syncs_files_and_directories(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(durability, "_SYNCFS", None)  # the portable path: fsync of each file, each directory once
+    synced: list = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(durability.os, "fsync", counting)
+    (tmp_path / "d").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    assert durability.make_durable([tmp_path / "d" / "a", tmp_path / "d" / "b", tmp_path / "d" / "gone"]) == 3
+    assert synced == ["a", "b", "d"]
+
+
+@pytest.mark.skipif(durability._SYNCFS is None, reason="no syncfs here")
+def test_make_durable_uses_one_syncfs_per_file_system(monkeypatch, tmp_path) -> None:
+    calls: list = []
+    real = durability._SYNCFS
+    monkeypatch.setattr(durability, "_SYNCFS", lambda fd: calls.append(fd) or real(fd))
+    paths = []
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+        paths.append(tmp_path / f"f{i}")
+    durability.make_durable(paths)
+    assert len(calls) == 1
