@@ -6,13 +6,14 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
 
 from omsd.control.client import ControlClient, DaemonNotRunning
 from tests.chunks import chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
-from tests.conftest import pipeline, write_config
+from tests.conftest import client_props, pipeline, write_config
 from tests.integration.funcs import recorded
 
 
@@ -163,3 +164,62 @@ def test_second_daemon_on_same_state_dir_is_refused(broker, topic, tmp_path) -> 
         assert "another omsd" in (tmp_path / "second.log").read_text()
     finally:
         assert stop_daemon(proc) == 0
+
+
+def _messages_by_partition(bootstrap: str, topic: str, n_messages: int) -> dict[int, list[tuple[int, str]]]:
+    """(offset, relative path) of every chunk message of ``topic``, per partition (read without a group)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from omsd.wire.protocol import decode_chunk
+
+    reader = Consumer({**client_props(bootstrap), "group.id": f"reader-{topic}", "enable.auto.commit": False})
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(4)])
+    found: dict[int, list[tuple[int, str]]] = {}
+    deadline = time.monotonic() + 30
+    try:
+        while sum(map(len, found.values())) < n_messages and time.monotonic() < deadline:
+            for msg in reader.consume(num_messages=500, timeout=0.5):
+                if msg.error() is None:
+                    chunk = decode_chunk(msg.value(), verify_hash=False)
+                    found.setdefault(msg.partition(), []).append((msg.offset(), chunk.relative_path))
+    finally:
+        reader.close()
+    assert sum(map(len, found.values())) == n_messages
+    return found
+
+
+def test_supervisor_killed_right_after_an_offset_commit_has_every_committed_file_on_disk(broker, topic,
+                                                                                          tmp_path) -> None:
+    """kill -9 just after the daemon committed offsets: every file with a chunk below a committed offset
+    is saved, complete and with the right bytes (offsets are committed only past durable saves)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    out, log = tmp_path / "out", tmp_path / "daemon.log"
+    group = f"g-{topic}"
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("mirror", topic, f"save: {{dir: {out}}}", "call: {function: tests.integration.funcs:slow}",
+                                **{"group.id": group}), workers=2)
+    files = files_of(120, 9, size=40_000)
+    produce_files(broker.bootstrap, topic, files)
+    n_messages = sum(len(chunk_messages(rel, data)) for rel, data in files.items())
+    watcher = Consumer({**client_props(broker.bootstrap), "group.id": group, "enable.auto.commit": False})
+    partitions = [TopicPartition(topic, p) for p in range(4)]
+
+    def committed() -> dict[int, int]:
+        return {tp.partition: tp.offset for tp in watcher.committed(partitions, timeout=5) if tp.offset > 0}
+
+    proc = start_daemon(["run", "--config", str(cfg)], log, {"OMSD_TEST_SLOW": "0.04"})
+    try:
+        wait_for(lambda: bool(committed()), 60, "a first offset commit", proc, log)
+        proc.kill()
+        proc.wait()
+        final = committed()  # whatever was committed up to the kill
+    finally:
+        watcher.close()
+        stop_daemon(proc)
+    by_partition = _messages_by_partition(broker.bootstrap, topic, n_messages)
+    below = {rel for p, offset in final.items() for o, rel in by_partition[p] if o < offset}
+    assert below and len(below) < len(files), "the kill came after everything was committed"
+    saved = tree(out)
+    missing = sorted(rel for rel in below if saved.get(rel) != files[rel])
+    assert not missing, f"{len(missing)} files below a committed offset are not on disk: {missing[:5]}"
