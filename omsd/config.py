@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from omsd.crypto.settings import CryptoSettings, CryptoSettingsError, resolve as resolve_crypto
+
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # OpenMSIStream INI values: $VAR or ${VAR}, expanded when the value starts with "$".
 _INI_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -105,6 +107,7 @@ class Config:
     # are not spilled there while less than this is free.
     state_reserve_bytes: int = 64 << 20
     handover_topic: str | None = DEFAULT_HANDOVER_TOPIC
+    kafkacrypto: CryptoSettings | None = None  # encrypted topics (see omsd.crypto)
     pipelines: list[PipelineConfig] = field(default_factory=list)
 
     def group_for(self, pipeline: PipelineConfig) -> str:
@@ -234,7 +237,7 @@ class _Reader:
 
 _TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
              "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs",
-             "retry_failed_after_secs", "handover_topic", "state_reserve_bytes"}
+             "retry_failed_after_secs", "handover_topic", "state_reserve_bytes", "kafkacrypto"}
 _PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
 
 
@@ -352,6 +355,9 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
                                          cfg.heartbeat.program_id if cfg.heartbeat else "omsd")),
             level=level,
         )
+    crypto = reader.mapping(data, "kafkacrypto")
+    if crypto:
+        cfg.kafkacrypto = _crypto_settings(crypto, path, reader.where(data, "kafkacrypto"))
     metrics = reader.mapping(data, "metrics", {"port"})
     if metrics:
         cfg.metrics_port = int(reader.number(metrics, "port", 0, int, minimum=0))
@@ -365,6 +371,13 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
             raise ConfigError(f"{reader.where(node, 'name')}: duplicate pipeline name '{pipeline.name}'")
         seen.add(pipeline.name)
     return cfg
+
+
+def _crypto_settings(section: dict[str, Any], path: Path | None, where: str) -> CryptoSettings:
+    try:
+        return resolve_crypto(section, path.parent if path else Path.cwd())
+    except CryptoSettingsError as exc:
+        raise ConfigError(f"{where}: kafkacrypto: {exc}") from None
 
 
 def _ini_value(value: str, where: str) -> str:
@@ -413,8 +426,10 @@ def config_from_ini(text: str, path: Path | None) -> Config:
         del consumer["auto.offset.reset"]
     if str(consumer.get("group.id", "")).lower() == "create_new":  # OpenMSIStream: a fresh group every run
         consumer["group.id"] = f"omsd-{uuid.uuid4().hex[:12]}"
+    crypto = sections.get("kafkacrypto")
     return Config(path=path, broker=sections.get("broker", {}), consumer=consumer,
-                  producer=sections.get("producer", {}))
+                  producer=sections.get("producer", {}),
+                  kafkacrypto=_crypto_settings(crypto, path, f"{path}[kafkacrypto]") if crypto else None)
 
 
 def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False,

@@ -60,11 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     stop = command("stop", "ask for a graceful stop and wait until the daemon is gone")
     stop.add_argument("--timeout", type=float, default=60.0, metavar="S",
                       help="graceful-stop time allowed to the daemon, > 0 (default 60)")
-    command("failed", "list files whose pipeline failed")
-    retry = command("retry", "queue failed files for another attempt")
+    command("failed", "list files whose pipeline failed, and kept undecryptable messages")
+    retry = command("retry", "queue failed files (or kept undecryptable messages) for another attempt")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("path", nargs="?", help="relative path of one failed file")
     which.add_argument("--all", action="store_true", help="retry every failed file")
+    which.add_argument("--undecryptable", action="store_true",
+                       help="try to decrypt every kept undecryptable message again (keys are requested anew)")
     return parser
 
 
@@ -184,6 +186,10 @@ def format_status(reply: dict[str, Any]) -> str:
     if isinstance(rejected, dict):
         text = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items()))
         out += [f"Rejected messages: {text or 'none'}", ""]
+    out += _section("Decryption (kafkacrypto)", reply.get("decryption"), [
+        ("group", "GROUP", _cell), ("node_id", "NODE", _cell), ("decrypted", "DECRYPTED", _cell),
+        ("waiting_for_keys", "WAITING", _cell), ("kept", "UNDECRYPTABLE", _cell),
+        ("recovered", "RECOVERED", _cell), ("oldest_wait_s", "OLDEST WAIT", human_duration)])
     handover = reply.get("handover")
     if isinstance(handover, dict):
         if handover.get("topic"):
@@ -205,11 +211,17 @@ def _one_line(value: Any, width: int = 80) -> str:
 def format_failed(reply: dict[str, Any]) -> str:
     """The ``failed`` reply as a table."""
     files = reply.get("files")
-    if not isinstance(files, list) or not files:
-        return "no failed files"
-    return format_table(files, [
+    kept = reply.get("undecryptable")
+    out = [format_table(files, [
         ("path", "PATH", _cell), ("generation", "GEN", _cell), ("pipeline", "PIPELINE", _cell),
         ("step", "STEP", _cell), ("attempts", "ATTEMPTS", _cell), ("error", "ERROR", _one_line)])
+        if isinstance(files, list) and files else "no failed files"]
+    if isinstance(kept, list) and kept:
+        out += ["", f"{len(kept)} undecryptable message{'' if len(kept) == 1 else 's'} kept "
+                "(omsctl retry --undecryptable tries them again):", format_table(kept, [
+                    ("group", "GROUP", _cell), ("topic", "TOPIC", _cell), ("partition", "PART", _cell),
+                    ("offset", "OFFSET", _cell), ("bytes", "BYTES", human_bytes), ("reason", "REASON", _one_line)])]
+    return "\n".join(out)
 
 
 # -- commands -----------------------------------------------------------------
@@ -321,13 +333,14 @@ def _cmd_failed(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(client: ControlClient, args: argparse.Namespace) -> int:
-    request = {"all": True} if args.all else {"path": args.path}
+    request = {"all": True} if args.all else {"undecryptable": True} if args.undecryptable else {"path": args.path}
     reply = _request(client, "retry", **request)
     if args.json:
         _print_json(reply)
     else:
         queued = reply.get("queued", 0)
-        print(f"queued {queued} file{'' if queued == 1 else 's'} for retry")
+        what = "undecryptable message" if args.undecryptable else "file"
+        print(f"queued {queued} {what}{'' if queued == 1 else 's'} for retry")
     return exitcodes.RET_OK
 
 

@@ -42,6 +42,7 @@ def lock_state_dir(state_dir: Path) -> int:
 
 def serve(config: Config) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
+    from omsd.crypto.node import CryptoError
     from omsd.registry import RegistryDamaged
     from omsd.supervisor import Supervisor, report_damaged_registry
 
@@ -58,6 +59,9 @@ def serve(config: Config) -> int:
             code = report_damaged_registry(exc)
             log.info("omsd stopped", exit_code=code)
             return code
+        except CryptoError as exc:
+            log.error("cannot open the KafkaCrypto node", error=str(exc))
+            return exitcodes.RET_CONFIG
         return supervisor.run()
     finally:
         os.close(lock_fd)

@@ -24,6 +24,7 @@ from omsd.dispatch.backpressure import drained, saturated
 from omsd.config import Config, PipelineConfig
 from omsd.control.handlers import build_handlers
 from omsd.control.server import ControlServer
+from omsd.crypto.node import CryptoError, CryptoNode
 from omsd.intake.handover import HandoverLog
 from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
 from omsd.intake.consumer import Intake
@@ -62,6 +63,11 @@ class Supervisor:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         # First: a damaged registry (RegistryDamaged) stops the daemon before anything else exists.
         self.registry = Registry(cfg.state_dir / "registry.sqlite")
+        try:  # the KafkaCrypto node, with a kafkacrypto section: its key exchange runs in its own thread
+            self.crypto = CryptoNode(cfg.kafkacrypto, cfg) if cfg.kafkacrypto is not None else None
+        except CryptoError:  # a configuration problem (exit 78), raised before any Kafka client exists
+            self.registry.close()
+            raise
         self.log_json = log_json
         self.state = DaemonState.STARTING
         self.signals: list[int] = []
@@ -86,7 +92,7 @@ class Supervisor:
             self.groups.setdefault(cfg.group_for(pipeline), []).append(pipeline)
         self.intakes = [Intake(cfg, group, pipelines, self.staging, self.registry, self._count_read,
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
-                               before_revoke=self.finish_revoked, handover=self.handover)
+                               before_revoke=self.finish_revoked, handover=self.handover, crypto=self.crypto)
                         for group, pipelines in self.groups.items()]
         self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=log_json)
         self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
@@ -242,6 +248,9 @@ class Supervisor:
         self.producer.poll(0)
 
     def _produce(self, topic: str, key: str, value: bytes, callback: object) -> None:
+        """Every message omsd sends (results, metadata, heartbeats, logs); encrypted with a kafkacrypto node."""
+        if self.crypto is not None:
+            key, value = self.crypto.encrypt(topic, key, value)
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, on_delivery=callback)
@@ -291,6 +300,9 @@ class Supervisor:
             for intake in self.intakes:
                 for (topic, partition), lag in intake.lag().items():
                     self.metrics.set_consumer_lag(topic, partition, lag)
+        for intake in self.intakes:
+            if intake.decryptor is not None:
+                self.metrics.set_decryption(intake.group_id, intake.decryptor.store.count(), intake.decryptor.waiting())
         self.metrics.set_staging_bytes("memory", self.staging.memory_used)
         self.metrics.set_staging_bytes("spill", self.staging.spill_used)
         self.control.poll(0)
@@ -350,6 +362,13 @@ class Supervisor:
     def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
         return self.jobs.retry_failed(wanted)
 
+    def undecryptable_messages(self) -> list[dict]:
+        return [{"group": i.group_id, **m.describe()} for i in self.intakes if i.decryptor
+                for m in i.decryptor.store.all()]
+
+    def retry_undecryptable(self) -> int:
+        return sum(i.decryptor.retry_kept() for i in self.intakes if i.decryptor)
+
     def finish_revoked(self, intake: Intake, tps: set[tuple[str, int]]) -> None:
         """Partitions are being revoked: let completed files from them finish first (bounded), so the
         commit that follows moves past them and the new owner does not process them again."""
@@ -398,6 +417,8 @@ class Supervisor:
         left = self.producer.flush(10)
         if left:
             log.warning("messages not delivered at stop", count=left)
+        if self.crypto is not None:
+            self.crypto.close()  # after the producer: nothing more is encrypted
         # After a timed-out drain the busy workers are stopped at once: their files were handed back.
         self.pool.stop(timeout=0.5 if self.drain_timed_out else 5)
         for intake in self.intakes:

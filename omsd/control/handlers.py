@@ -36,6 +36,12 @@ class DaemonView(Protocol):
     def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
         """Queue the wanted failed files again; returns how many."""
 
+    def undecryptable_messages(self) -> list[dict]:
+        """Encrypted messages kept because they could not be decrypted (empty without kafkacrypto)."""
+
+    def retry_undecryptable(self) -> int:
+        """Try every kept undecryptable message again; returns how many."""
+
 
 def build_handlers(daemon: DaemonView) -> dict[str, Callable[[dict], dict]]:
     """The control socket's commands, by name."""
@@ -49,9 +55,11 @@ def build_handlers(daemon: DaemonView) -> dict[str, Callable[[dict], dict]]:
         return {"pid": os.getpid()}
 
     def failed(_req: dict) -> dict:
-        return {"files": daemon.failed_files()}
+        return {"files": daemon.failed_files(), "undecryptable": daemon.undecryptable_messages()}
 
     def retry(req: dict) -> dict:
+        if req.get("undecryptable") is True:
+            return {"queued": daemon.retry_undecryptable(), "undecryptable": True}
         paths = retry_selection(req, daemon.failed_files())
         return {"queued": daemon.retry_failed(lambda row: paths is None or row["path"] in paths)}
 

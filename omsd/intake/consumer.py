@@ -21,11 +21,14 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
 from omsd.intake.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
 from omsd.intake.flow import FlowControl, PauseReason
+from omsd.crypto.node import CryptoNode
+from omsd.intake.decrypt import Decryptor, Opened
 from omsd.intake.handover import HandoverLog
 from omsd.kafka import make_consumer
 from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
 from omsd.intake.staging import Staging, StagingFull
+from omsd.intake.undecryptable import UndecryptableStore
 from omsd.intake.watermark import Watermarks
 
 log = structlog.get_logger(__name__)
@@ -53,7 +56,7 @@ class Intake:
                  registry: Registry, on_read: Callable[[int], None],
                  on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None,
                  before_revoke: Callable[["Intake", set[tuple[str, int]]], None] | None = None,
-                 handover: HandoverLog | None = None) -> None:
+                 handover: HandoverLog | None = None, crypto: CryptoNode | None = None) -> None:
         self.group_id = group_id
         self.pipelines = pipelines
         self.topics = sorted({p.topic for p in pipelines})
@@ -66,6 +69,9 @@ class Intake:
         self.consumer = make_consumer(config, group_id, **({"error_cb": on_error} if on_error else {}))
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
+        # Encrypted topics: messages are decrypted before decoding (see omsd.intake.decrypt).
+        self.decryptor = (Decryptor(crypto, config.kafkacrypto, UndecryptableStore(config.state_dir, group_id),
+                                    self.watermarks) if crypto is not None and config.kafkacrypto else None)
         self.assigned: set[tuple[str, int]] = set()
         self.flow = FlowControl(self._set_paused)
         self.rejected: Counter[str] = Counter()
@@ -125,6 +131,8 @@ class Intake:
 
     def _drop(self, tps: set[tuple[str, int]], why: str) -> None:
         dropped = self.assembler.drop_partitions(tps)
+        if self.decryptor is not None:
+            self.decryptor.drop_partitions(tps)
         self.watermarks.forget(tps)
         self.assigned -= tps
         log.info(f"partitions {why}", group=self.group_id, partitions=sorted(tps), partial_files_dropped=len(dropped))
@@ -138,8 +146,12 @@ class Intake:
         (sha512 releases the GIL); then the chunks are staged in order.
         """
         self.flow.retry_staging(time.monotonic())
-        items = [item for item in map(self._decode, self._fetch(batch_size(self._message_bytes), timeout))
-                 if item is not None]
+        messages = self._fetch(batch_size(self._message_bytes), timeout)
+        opened: list[Opened] = []
+        if self.decryptor is not None:
+            messages = self.decryptor.admit(messages)  # those still waiting for their key are held back
+            opened = self.decryptor.ready()
+        items = [item for item in map(self._decode, messages) if item is not None]
         if self.verify_at_intake:
             self._verify_hashes(items)
         completed: list[FileAssembly] = []
@@ -165,6 +177,8 @@ class Intake:
             if done is not None:
                 self.processing.add(done.key)
                 completed.append(done)
+        for item in opened:
+            self._stage_opened(item, completed)
         return completed
 
     def _fetch(self, batch: int, timeout: float) -> list[Message]:
@@ -180,6 +194,33 @@ class Intake:
         if first is None:
             return []
         return [first, *self.consumer.consume(num_messages=batch - 1, timeout=0)] if batch > 1 else [first]
+
+    def _stage_opened(self, opened: Opened, completed: list[FileAssembly]) -> None:
+        """A message decrypted after waiting for its key, or read again from its kept file."""
+        decoded = self._decode(opened.msg)
+        if decoded is None:
+            return
+        msg, tp, chunk = decoded
+        done = None
+        if isinstance(chunk, Chunk):
+            try:
+                done = self._stage(msg, tp, chunk, late=True)
+            except StagingFull:
+                self.decryptor.requeue(opened)
+                self.flow.staging_full(time.monotonic())
+                return
+        else:
+            self.reject(chunk, tp, msg.offset())
+            self.watermarks.finished(tp, msg.offset())
+        if done is not None:
+            self.processing.add(done.key)
+            completed.append(done)
+        if opened.kept is not None:
+            key = (tp[0], chunk.relative_path, chunk.file_hash) if isinstance(chunk, Chunk) else None
+            if key is not None and (key in self.assembler.files or key in self.processing):
+                self.decryptor.bind(key, opened.kept)  # deleted once that file is finished
+            else:
+                self.decryptor.dispose(opened.kept)
 
     def _decode(self, msg: Message) -> tuple[Message, tuple[str, int], Chunk | ProtocolError] | None:
         err = msg.error()
@@ -229,7 +270,7 @@ class Intake:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         return bool(pipelines) and not self._already_finished(key, pipelines)
 
-    def _stage(self, msg: Message, tp: tuple[str, int], chunk: Chunk) -> FileAssembly | None:
+    def _stage(self, msg: Message, tp: tuple[str, int], chunk: Chunk, late: bool = False) -> FileAssembly | None:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         if not pipelines:
             self.watermarks.finished(tp, msg.offset())
@@ -238,7 +279,7 @@ class Intake:
         if key in self.processing:
             return None  # a late duplicate of a file the workers already have
         assembly = self.assembler.files.get(key)
-        if self.watermarks.seen(tp, msg.offset()) and (assembly is None or not assembly.suspect):
+        if not late and self.watermarks.seen(tp, msg.offset()) and (assembly is None or not assembly.suspect):
             return None  # read again only for a reopened file; everything else was handled the first time
         if assembly is None and self._already_finished(key, pipelines):
             self.watermarks.finished(tp, msg.offset())
@@ -308,6 +349,8 @@ class Intake:
         self.processing.discard(assembly.key)
         if recorded:
             self._finished[assembly.key] = True
+        if self.decryptor is not None:
+            self.decryptor.file_finished(assembly.key)
 
     # -- flow control and commits ------------------------------------------------------------------
     def _set_paused(self, paused: bool, reason: PauseReason) -> None:

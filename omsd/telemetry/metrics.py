@@ -46,6 +46,12 @@ class Metrics:
         self.staging_bytes = Gauge(
             "omsd_staging_bytes", "Bytes held in staging, by kind (memory, spill).",
             ["kind"], registry=reg)
+        self.undecryptable = Gauge(
+            "omsd_undecryptable_messages", "Encrypted messages kept undecrypted in state_dir/undecryptable.",
+            ["group"], registry=reg)
+        self.waiting_for_keys = Gauge(
+            "omsd_messages_waiting_for_keys", "Encrypted messages held back while their key is requested.",
+            ["group"], registry=reg)
         self.step_duration = Histogram(
             "omsd_step_duration_seconds", "Time one pipeline step took for one file.",
             ["pipeline", "step"], buckets=STEP_BUCKETS, registry=reg)
@@ -84,6 +90,11 @@ class Metrics:
     def set_staging_bytes(self, kind: str, n_bytes: int) -> None:
         """Set the bytes held in staging of ``kind`` (``memory`` or ``spill``)."""
         self.staging_bytes.labels(kind=kind).set(n_bytes)
+
+    def set_decryption(self, group: str, kept: int, waiting: int) -> None:
+        """Set the undecryptable messages kept and those waiting for their key, for one consumer group."""
+        self.undecryptable.labels(group=group).set(kept)
+        self.waiting_for_keys.labels(group=group).set(waiting)
 
     def observe_step(self, pipeline: str, step: str, seconds: float) -> None:
         """Record how long one step took for one file."""

@@ -78,6 +78,7 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
         "handover": {"topic": handover.topic if handover else None,
                      "available": bool(handover and handover.available),
                      "skipped_messages": sum(intake.handed_over_skipped for intake in intakes)},
+        "decryption": [{"group": i.group_id, **i.decryptor.describe()} for i in intakes if i.decryptor is not None],
         "recent_rejections": [r for intake in intakes for r in intake.recent_rejections][-RECENT_SHOWN:],
         "recent_errors": stats.recent_errors[-RECENT_SHOWN:],
     }

@@ -1,0 +1,276 @@
+"""Decryption at intake: encrypted messages in, plain messages out, and nothing lost while keys are missing.
+
+A message whose key has arrived is decrypted in place (its key and value replaced) and goes on to
+staging like any other. One whose key has not arrived yet is held back, without blocking the loop:
+
+- it holds its partition's safe offset (a watermark hold), and is tried again every
+  ``RETRY_EVERY_S`` until its deadline: ``max_initial_wait_per_decrypt`` after the first message under
+  the same encryption key (key index) was read, and at least ``max_wait_per_decrypt`` after itself;
+- then it is kept raw and durably (:mod:`omsd.intake.undecryptable`), and only then is its offset
+  released, so the partition's commit moves past it;
+- kept messages are tried again every ``retry_undecryptable_secs`` (one probe per key index: when it
+  opens, all messages under that key are re-read from their files) and on ``omsctl retry
+  --undecryptable``; a kept file is deleted only once the file it belongs to is finished.
+
+Messages that are not KafkaCrypto messages at all are kept at once, or passed on as they are with
+``treat_undecryptable_as_plaintext``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from confluent_kafka import Message
+
+from omsd.crypto.node import NOT_YET, CryptoNode, NotDecryptable, key_index
+from omsd.crypto.settings import CryptoSettings
+from omsd.intake.undecryptable import KeptMessage, UndecryptableStore
+from omsd.intake.watermark import TopicPartition, Watermarks
+
+log = structlog.get_logger(__name__)
+
+RETRY_EVERY_S = 0.25
+_holders = itertools.count(1)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A message waiting for its key: read from the topic (``holder`` set) or from a kept file."""
+
+    msg: Message
+    key_index: bytes | None
+    deadline: float
+    next_try: float
+    holder: int | None = None  # its watermark hold (negative ids: never an assembly's)
+    kept: KeptMessage | None = None
+    plain: bool = False  # already decrypted; waits only for room in staging
+
+
+@dataclass
+class Opened:
+    """A message that was decrypted (``kept``: it came from a kept file, which the caller disposes of)."""
+
+    msg: Message
+    kept: KeptMessage | None = None
+
+
+@dataclass
+class DecryptStats:
+    decrypted: int = 0
+    kept: int = 0
+    plaintext: int = 0
+    recovered: int = 0  # kept messages decrypted later
+    waiting_since: dict[TopicPartition, float] = field(default_factory=dict)
+
+
+class Decryptor:
+    """The decrypting stage of one consumer group (owned by its :class:`~omsd.intake.consumer.Intake`)."""
+
+    def __init__(self, node: CryptoNode, settings: CryptoSettings, store: UndecryptableStore,
+                 watermarks: Watermarks) -> None:
+        self.node = node
+        self.settings = settings
+        self.store = store
+        self.watermarks = watermarks
+        self.stats = DecryptStats()
+        self._live: dict[tuple[TopicPartition, int], _Pending] = {}
+        self._replays: dict[Path, _Pending] = {}
+        self._first_seen: dict[tuple[str, bytes | None], float] = {}
+        self._bound: dict[object, list[Path]] = {}  # file key → kept files it was staged from
+        self._next_probe = time.monotonic() + min(settings.retry_undecryptable_s, 5.0)
+
+    # -- messages read from the topic --------------------------------------------------------------
+    def admit(self, messages: list[Message]) -> list[Message]:
+        """Decrypt what can be; hold back what waits for a key; keep what never will open."""
+        now = time.monotonic()
+        out = []
+        for msg in messages:
+            if msg.error() is not None:
+                out.append(msg)
+                continue
+            tp, offset = (msg.topic(), msg.partition()), msg.offset()
+            if (tp, offset) in self._live:
+                continue  # read again (a seek) while it waits: the waiting copy stands
+            try:
+                opened = self.node.decrypt(tp[0], msg.key(), msg.value())
+            except NotDecryptable as exc:
+                if self.settings.treat_undecryptable_as_plaintext:
+                    self.stats.plaintext += 1
+                    out.append(msg)
+                else:
+                    self._keep_now(msg, str(exc))
+                continue
+            if opened is NOT_YET:
+                self._hold(msg, now)
+                continue
+            self._set(msg, opened)
+            self.stats.decrypted += 1
+            out.append(msg)
+        return out
+
+    def _hold(self, msg: Message, now: float) -> None:
+        tp, offset = (msg.topic(), msg.partition()), msg.offset()
+        index = key_index(msg.key()) or key_index(msg.value())
+        first = self._first_seen.setdefault((tp[0], index), now)
+        pending = _Pending(msg=msg, key_index=index, next_try=now + RETRY_EVERY_S, holder=-next(_holders),
+                           deadline=max(first + self.settings.max_initial_wait_s, now + self.settings.max_wait_s))
+        self.watermarks.hold(tp, pending.holder, offset)
+        self.watermarks.consumed(tp, offset)
+        self._live[(tp, offset)] = pending
+        self.stats.waiting_since.setdefault(tp, now)
+
+    def _keep_now(self, msg: Message, reason: str) -> None:
+        tp, offset = (msg.topic(), msg.partition()), msg.offset()
+        self._keep(msg, None, reason)
+        self.watermarks.consumed(tp, offset)
+        self.watermarks.finished(tp, offset)
+
+    def _keep(self, msg: Message, index: bytes | None, reason: str) -> None:
+        timestamp = msg.timestamp()[1] if msg.timestamp() and msg.timestamp()[0] else None
+        path = self.store.keep(msg.topic(), msg.partition(), msg.offset(), timestamp, msg.key(), msg.value() or b"",
+                               index, reason)
+        self.stats.kept += 1
+        log.warning("undecryptable message kept", topic=msg.topic(), partition=msg.partition(),
+                    offset=msg.offset(), reason=reason, file=str(path))
+
+    @staticmethod
+    def _set(msg: Message, opened: tuple[bytes | None, bytes]) -> None:
+        key, value = opened
+        msg.set_key(key)
+        msg.set_value(value)
+
+    # -- waiting messages --------------------------------------------------------------------------
+    def ready(self, now: float | None = None) -> list[Opened]:
+        """Waiting messages that opened now, in offset order; those past their deadline are kept."""
+        now = time.monotonic() if now is None else now
+        if now >= self._next_probe:
+            self._next_probe = now + self.settings.retry_undecryptable_s
+            self._probe_kept(now)
+        out: list[Opened] = []
+        closed: set[tuple[str, bytes | None]] = set()  # key indexes that did not open this turn
+        for pending in sorted((*self._live.values(), *self._replays.values()),
+                              key=lambda p: (p.msg.topic(), p.msg.partition(), p.msg.offset())):
+            if pending.next_try > now:
+                continue
+            group = (pending.msg.topic(), pending.key_index)
+            opened = NOT_YET
+            if pending.plain:
+                opened = (pending.msg.key(), pending.msg.value())
+            elif group not in closed:
+                try:
+                    opened = self.node.decrypt(pending.msg.topic(), pending.msg.key(), pending.msg.value())
+                except NotDecryptable:
+                    opened = NOT_YET
+            if opened is NOT_YET:
+                closed.add(group)
+                pending.next_try = now + RETRY_EVERY_S
+                if now >= pending.deadline:
+                    self._give_up(pending)
+                continue
+            self._set(pending.msg, opened)
+            self._drop(pending)
+            if pending.kept is not None:
+                self.stats.recovered += 1
+            else:
+                self.stats.decrypted += 1
+            out.append(Opened(pending.msg, pending.kept))
+        return out
+
+    def _give_up(self, pending: _Pending) -> None:
+        """Past its deadline: keep it on disk (a kept one stays where it is), then release its offset."""
+        if pending.kept is None:
+            self._keep(pending.msg, pending.key_index, "no decryption key arrived in time")
+        if pending.holder is not None:
+            self.watermarks.release(pending.holder, done=True)  # durable on disk: the commit may pass it
+            pending.holder = None
+        self._drop(pending)
+
+    def _drop(self, pending: _Pending) -> None:
+        if pending.kept is not None:
+            self._replays.pop(pending.kept.path, None)
+            return
+        tp = (pending.msg.topic(), pending.msg.partition())
+        self._live.pop((tp, pending.msg.offset()), None)
+        if pending.holder is not None:
+            self.watermarks.release(pending.holder, done=False)  # staging takes the offset over
+            pending.holder = None
+        if not any(p.msg.topic() == tp[0] and p.msg.partition() == tp[1] for p in self._live.values()):
+            self.stats.waiting_since.pop(tp, None)
+
+    def requeue(self, opened: Opened) -> None:
+        """A decrypted message could not be staged yet (staging full): wait again, already open."""
+        msg = opened.msg
+        if opened.kept is not None:
+            return  # its file stays; the next retry reads it again
+        tp = (msg.topic(), msg.partition())
+        pending = _Pending(msg=msg, key_index=None, deadline=float("inf"), next_try=time.monotonic() + RETRY_EVERY_S,
+                           holder=-next(_holders), plain=True)
+        self.watermarks.hold(tp, pending.holder, msg.offset())
+        self._live[(tp, msg.offset())] = pending
+
+    def drop_partitions(self, tps: set[TopicPartition]) -> None:
+        """Revoked partitions: forget their waiting messages (the next owner reads them again)."""
+        for (tp, offset), pending in list(self._live.items()):
+            if tp in tps:
+                pending.holder = None  # the watermarks of these partitions are forgotten as a whole
+                self._drop(pending)
+
+    # -- kept messages ------------------------------------------------------------------------------
+    def retry_kept(self, wait_s: float | None = None) -> int:
+        """Try every kept message again (``omsctl retry --undecryptable``); returns how many."""
+        now = time.monotonic()
+        wait = self.settings.max_initial_wait_s if wait_s is None else wait_s
+        queued = 0
+        for kept in self.store.all():
+            if kept.path in self._replays:
+                continue
+            msg = Message(topic=kept.topic, partition=kept.partition, offset=kept.offset, key=kept.key,
+                          value=kept.value, timestamp=(1, kept.timestamp) if kept.timestamp else (0, 0))
+            self._replays[kept.path] = _Pending(msg=msg, key_index=kept.key_index, deadline=now + wait,
+                                                next_try=now, kept=kept)
+            queued += 1
+        return queued
+
+    def _probe_kept(self, now: float) -> None:
+        """One message per key index is tried; when it opens, all kept under that key are read again."""
+        tried: set[tuple[str, bytes | None]] = set()
+        for kept in self.store.all():
+            group = (kept.topic, kept.key_index)
+            if group in tried or kept.path in self._replays:
+                continue
+            tried.add(group)
+            try:
+                opened = self.node.decrypt(kept.topic, kept.key, kept.value)
+            except NotDecryptable:
+                continue
+            if opened is not NOT_YET:
+                log.info("keys arrived for kept messages; reading them again", topic=kept.topic)
+                self.retry_kept(wait_s=self.settings.max_wait_s)
+                return
+
+    def bind(self, file_key: object, kept: KeptMessage) -> None:
+        """A kept message's chunk was staged for ``file_key``: delete its file when that file is finished."""
+        self._bound.setdefault(file_key, []).append(kept.path)
+
+    def dispose(self, kept: KeptMessage) -> None:
+        """A kept message was decrypted and needs nothing more (unwanted, duplicate, already done)."""
+        self.store.remove(kept.path)
+
+    def file_finished(self, file_key: object) -> None:
+        for path in self._bound.pop(file_key, ()):
+            self.store.remove(path)
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def waiting(self) -> int:
+        return len(self._live) + len(self._replays)
+
+    def describe(self) -> dict:
+        now = time.monotonic()
+        return {"node_id": self.node.node_id, "decrypted": self.stats.decrypted, "waiting_for_keys": self.waiting(),
+                "kept": self.store.count(), "kept_total": self.stats.kept, "recovered": self.stats.recovered,
+                "passed_as_plaintext": self.stats.plaintext,
+                "oldest_wait_s": round(max((now - t for t in self.stats.waiting_since.values()), default=0.0), 1)}
