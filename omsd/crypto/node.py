@@ -62,9 +62,12 @@ class CryptoNode:
     """A node opened from :class:`CryptoSettings`; ``close()`` stops its management thread."""
 
     def __init__(self, settings: CryptoSettings, config: Config) -> None:
-        from kafkacrypto import KafkaConsumer, KafkaCrypto, KafkaCryptoStore, KafkaProducer
-        from kafkacrypto.cryptokey import CryptoKey
-        from kafkacrypto.ratchet import Ratchet
+        try:
+            from kafkacrypto import KafkaConsumer, KafkaCrypto, KafkaCryptoStore, KafkaProducer
+            from kafkacrypto.cryptokey import CryptoKey
+            from kafkacrypto.ratchet import Ratchet
+        except (ImportError, OSError) as exc:  # pysodium raises OSError without the libsodium library
+            raise CryptoError(f"encrypted topics need the kafkacrypto package and the libsodium library: {exc}") from exc
 
         self.settings = settings
         folder = settings.config_file.parent

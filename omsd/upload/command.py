@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -26,6 +27,7 @@ from omsd.malloc import tune_malloc
 from omsd.telemetry.options import add_telemetry_arguments
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
+from omsd.upload.keys import DEFAULT_KEY_LINGER_S, linger_for_keys, open_node_or_report
 from omsd.upload.engine import (
     CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader,
     collect_files,
@@ -96,6 +98,10 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-max-size", "--queue_max_size", dest="queue_mb", type=int,
                         default=CHUNK_QUEUE_BYTES >> 20, metavar="MB",
                         help=f"MB of encoded chunks waiting to be produced (default {CHUNK_QUEUE_BYTES >> 20})")
+    parser.add_argument("--key-linger-secs", dest="key_linger_secs", type=float, default=DEFAULT_KEY_LINGER_S,
+                        metavar="S", help="encrypted topics (kafkacrypto section): after the last chunk, keep "
+                                          "answering key requests for S seconds so downloaders can decrypt "
+                                          f"(default {DEFAULT_KEY_LINGER_S:g}; not with --watch, which stays up)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
     add_telemetry_arguments(parser, "watch: heartbeats and log topic")
 
@@ -182,11 +188,22 @@ def upload_command(args: argparse.Namespace) -> int:
     if connected is None:
         return exitcodes.RET_ERROR
     producer, partitions = connected
-    return _upload_files(producer, partitions, entries, total_bytes, args)
+    ok, node = open_node_or_report(config)
+    if not ok:
+        return exitcodes.RET_CONFIG
+    try:
+        code = _upload_files(producer, partitions, entries, total_bytes, args,
+                             encrypt=node.encrypt if node is not None else None)
+        if node is not None and code == exitcodes.RET_OK:
+            linger_for_keys(node, args.key_linger_secs, quiet=args.quiet)
+        return code
+    finally:
+        if node is not None:
+            node.close()
 
 
 def _upload_files(producer: Producer, partitions: int | None, entries: list[FileEntry], total_bytes: int,
-                  args: argparse.Namespace) -> int:
+                  args: argparse.Namespace, encrypt: Callable[[str, str, bytes], tuple] | None = None) -> int:
     progress = Progress(len(entries), total_bytes, quiet=args.quiet)
     failed: list[FileJob] = []
 
@@ -203,7 +220,8 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers, on_done=done, queue_bytes=args.queue_mb << 20)
+                        readers=args.readers, on_done=done, queue_bytes=args.queue_mb << 20,
+                        encrypt=encrypt)
     try:
         for entry in entries:
             uploader.submit(entry)

@@ -186,12 +186,14 @@ class Uploader:
 
     def __init__(self, producer: Producer, topic: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  partitions: int | None = None, readers: int = 2,
-                 on_done: Callable[[FileJob], None] | None = None, queue_bytes: int = CHUNK_QUEUE_BYTES) -> None:
+                 on_done: Callable[[FileJob], None] | None = None, queue_bytes: int = CHUNK_QUEUE_BYTES,
+                 encrypt: Callable[[str, str, bytes], tuple[bytes | None, bytes]] | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self.chunk_size = chunk_size
         self.partitions = partitions
         self.on_done = on_done
+        self.encrypt = encrypt  # KafkaCrypto: (topic, key, value) → encrypted (key, value), in the reader threads
         self.bytes_produced = 0
         self.acked = Counters()
         self.pending: set[FileJob] = set()
@@ -355,6 +357,8 @@ class Uploader:
                                      chunk_i=i + 1, n_total_chunks=job.n_total, subdir_str=entry.subdir_str,
                                      file_mtime=st.st_mtime, chunk_hash=chunk_hashes[i])
                 key = chunk_key(entry.subdir_str, entry.filename, i + 1, job.n_total)
+                if self.encrypt is not None:
+                    key, value = self.encrypt(self.topic, key, value)
                 if not self._put((job, key, value, partition, length)):
                     return
                 offset += length

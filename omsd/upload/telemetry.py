@@ -13,6 +13,7 @@ watcher's own lines (file uploaded, file skipped). Both come from the config's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import structlog
 from confluent_kafka import KafkaError, Producer
@@ -31,8 +32,10 @@ class UploadTelemetry:
     """Sends the uploader's heartbeats and log messages through its producer."""
 
     def __init__(self, producer: Producer, counters: Counters, heartbeat: HeartbeatConfig | None,
-                 log_cfg: LogTopicConfig | None) -> None:
+                 log_cfg: LogTopicConfig | None,
+                 encrypt: Callable[[str, str, bytes], tuple[bytes | None, bytes]] | None = None) -> None:
         self.producer = producer
+        self.encrypt = encrypt  # encrypted topics: heartbeats and logs follow the uploads' encryption
         self.counters = counters
         self.heartbeat = heartbeat
         self.log_cfg = log_cfg
@@ -84,7 +87,8 @@ class UploadTelemetry:
 
     def _produce(self, topic: str, key: str, value: bytes) -> None:
         try:
-            self.producer.produce(topic, key=key.encode(), value=value, on_delivery=self._delivered)
+            raw_key, raw_value = self.encrypt(topic, key, value) if self.encrypt is not None else (key.encode(), value)
+            self.producer.produce(topic, key=raw_key, value=raw_value, on_delivery=self._delivered)
         except Exception as exc:  # noqa: BLE001 - telemetry must never stop the uploads
             self.failed_deliveries += 1
             log.warning("cannot send a telemetry message", topic=topic, error=str(exc))

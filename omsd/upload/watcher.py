@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from confluent_kafka import Producer
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -45,6 +46,8 @@ from omsd import exitcodes
 from omsd.config import Config
 from omsd.telemetry.options import resolve
 from omsd.upload.console import connect, print_error
+from omsd.crypto.node import CryptoNode
+from omsd.upload.keys import open_node_or_report
 from omsd.upload.engine import (
     OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader, UploadError, display_path, walk_directory,
 )
@@ -305,6 +308,18 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
     if connected is None:
         return exitcodes.RET_ERROR
     producer, partitions = connected
+    ok, node = open_node_or_report(config)  # encrypted topics: it answers key requests while we watch
+    if not ok:
+        return exitcodes.RET_CONFIG
+    try:
+        return _watch(args, config, root, state_path, producer, partitions, node)
+    finally:
+        if node is not None:
+            node.close()
+
+
+def _watch(args: argparse.Namespace, config: Config, root: Path, state_path: Path, producer: Producer,
+           partitions: int | None, node: CryptoNode | None) -> int:
     try:
         state = UploadState(Path(state_path))
     except (OSError, sqlite3.Error) as exc:
@@ -318,8 +333,10 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers, queue_bytes=args.queue_mb << 20)
-    telemetry = UploadTelemetry(producer, uploader.acked, *resolve(config, args))
+                        readers=args.readers, queue_bytes=args.queue_mb << 20,
+                        encrypt=node.encrypt if node is not None else None)
+    telemetry = UploadTelemetry(producer, uploader.acked, *resolve(config, args),
+                                encrypt=node.encrypt if node is not None else None)
     match = args.upload_regex if args.upload_regex is not None else re.compile(OPENMSISTREAM_UPLOAD_REGEX)
     watcher = DirectoryWatcher(root, state, uploader, args.stable_secs, match=match, telemetry=telemetry,
                                quiet=args.quiet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from omsd.wire.protocol import ProtocolError, decode_chunk
-from tests.chunks import REPO, stop_daemon, tree, wait_for
+from tests.chunks import REPO, start_daemon, stop_daemon, tree, wait_for
+from tests.conftest import write_config
 from tests.crypto_support import provision
 from tests.integration.test_upload import TopicReader
 from tests.openmsistream_support import openmsistream_ini, quit_openmsistream
@@ -96,3 +98,132 @@ def test_omsd_download_decrypts_openmsistream_uploads(broker, topic, tmp_path) -
         quit_openmsistream(uploader, 20)
         assert stop_daemon(proc) == 0, log.read_text()[-3000:]
     assert_unreadable_on_topic(broker.bootstrap, topic, files, len(files))
+
+
+def tree_has(out: Path, files: dict[str, bytes]) -> bool:
+    """Every file saved identical (OpenMSIStream keeps its own logs and registry in its output folder too)."""
+    found = tree(out)
+    return all(found.get(rel) == data for rel, data in files.items())
+
+
+def n_messages(files: dict[str, bytes], chunk_size: int = 524288) -> int:
+    return sum(max(1, -(-len(data) // chunk_size)) for data in files.values())
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def omsd_yaml(path: Path, bootstrap: str, kafkacrypto: str, state: Path) -> Path:
+    return write_config(path, bootstrap, state_dir=state, workers=2, extra=f"kafkacrypto: {kafkacrypto}\n")
+
+
+def test_openmsistream_downloader_decrypts_omsd_uploads(broker, topic, tmp_path) -> None:
+    nodes = tmp_path / "nodes"
+    provision(nodes, ["omsd_up", "oms_down"], broker.bootstrap)
+    up_cfg = omsd_yaml(nodes / "up.yaml", broker.bootstrap, "{node_id: omsd_up}", tmp_path / "state")
+    down_ini = openmsistream_ini(nodes / "down.config", broker.bootstrap, kafkacrypto={"node_id": "oms_down"})
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = sample_files()
+    write_tree(src, files)
+    out.mkdir()
+    downloader = subprocess.Popen(
+        [str(BIN / "DataFileDownloadDirectory"), str(out), "--config", str(down_ini), "--topic_name", topic,
+         "--update_seconds", "1"],
+        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "down.log", "w"))
+    upload = subprocess.Popen([sys.executable, "-m", "omsd.cli", "upload", str(src), "--config", str(up_cfg),
+                               "--topic", topic, "--key-linger-secs", "60"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: tree_has(out, files), 60, "OpenMSIStream rebuilt every file", downloader,
+                 tmp_path / "down.log")
+        assert upload.poll() is None  # still lingering for key requests
+    finally:
+        upload.send_signal(signal.SIGINT)  # ends the linger early
+        _, err = upload.communicate(timeout=30)
+        downloader.kill()
+        downloader.wait(10)
+    assert upload.returncode == 0, err
+    assert "to answer key requests" in err and "uploaded 4 files" in err
+    assert_unreadable_on_topic(broker.bootstrap, topic, files, len(files))
+
+
+def _keep_undecryptable(broker, topic: str, tmp_path: Path, retry_secs: float) -> tuple[Path, Path, Path, dict]:
+    """Files uploaded encrypted by a producer that is gone before the consumer asks for keys: the consumer
+    keeps them all, and commits past them."""
+    nodes = tmp_path / "nodes"
+    provision(nodes, ["omsd_up", "omsd_down"], broker.bootstrap)
+    up_cfg = omsd_yaml(nodes / "up.yaml", broker.bootstrap, "{node_id: omsd_up}", tmp_path / "up-state")
+    down_cfg = omsd_yaml(nodes / "down.yaml", broker.bootstrap,
+                         "{node_id: omsd_down, max_initial_wait_per_decrypt: 2, max_wait_per_decrypt: 1, "
+                         f"retry_undecryptable_secs: {retry_secs}}}", tmp_path / "state")
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = sample_files()
+    write_tree(src, files)
+    proc = subprocess.run([sys.executable, "-m", "omsd.cli", "upload", str(src), "--config", str(up_cfg), "--topic",
+                           topic, "--key-linger-secs", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(["download", str(out), "--config", str(down_cfg), "--topic", topic], log)
+
+    def all_kept_and_committed() -> bool:
+        report = status(down_cfg)
+        decryption = report.get("decryption") or [{}]
+        parts = [p for p in report.get("partitions", []) if p.get("committed") is not None]
+        return (decryption[0].get("kept") == n_messages(files) and decryption[0].get("waiting_for_keys") == 0
+                and sum(p["committed"] for p in parts) >= n_messages(files)
+                and all(p["watermark"] == p["committed"] for p in parts))
+
+    wait_for(all_kept_and_committed, 30, "every message kept undecrypted and committed past", daemon, log)
+    assert not out.exists() or tree(out) == {}
+    return up_cfg, down_cfg, log, {"daemon": daemon, "files": files, "src": src, "out": out}
+
+
+def _start_key_holder(topic: str, up_cfg: Path, tmp_path: Path) -> subprocess.Popen:
+    """The producer node back (a new process: it answers requests for its earlier keys too)."""
+    extra = tmp_path / "later"
+    write_tree(extra, {"later.txt": b"a later file\n"})
+    return subprocess.Popen([sys.executable, "-m", "omsd.cli", "upload", str(extra / "later.txt"), "--config",
+                             str(up_cfg), "--topic", topic, "--key-linger-secs", "60"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_undecryptable_messages_are_kept_listed_and_retried(broker, topic, tmp_path) -> None:
+    up_cfg, down_cfg, log, run = _keep_undecryptable(broker, topic, tmp_path, retry_secs=3600)
+    daemon, files, out = run["daemon"], run["files"], run["out"]
+    holder = None
+    try:
+        listed = omsctl(down_cfg, "failed")
+        kept = n_messages(files)
+        assert listed.returncode == 0 and f"{kept} undecryptable messages kept" in listed.stdout, listed.stdout
+        assert len(list((tmp_path / "state" / "undecryptable").rglob("*.kept"))) == kept
+        holder = _start_key_holder(topic, up_cfg, tmp_path)
+        time.sleep(3)  # kept messages are not tried again by themselves (retry_undecryptable_secs 3600)
+        assert not out.exists() or tree(out).keys() <= {"later.txt"}
+        retried = omsctl(down_cfg, "retry", "--undecryptable")
+        assert retried.returncode == 0 and f"queued {kept} undecryptable messages" in retried.stdout
+        wait_for(lambda: out.exists() and {k: v for k, v in tree(out).items() if k != "later.txt"} == files, 45,
+                 "every kept message decrypted and its file saved", daemon, log)
+        wait_for(lambda: (status(down_cfg).get("decryption") or [{}])[0].get("kept") == 0, 10,
+                 "kept copies removed once their files are saved", daemon, log)
+        assert not list((tmp_path / "state" / "undecryptable").rglob("*.kept"))
+    finally:
+        if holder is not None:
+            holder.send_signal(signal.SIGINT)
+            holder.wait(30)
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
+
+
+def test_kept_messages_are_processed_once_their_keys_arrive(broker, topic, tmp_path) -> None:
+    up_cfg, down_cfg, log, run = _keep_undecryptable(broker, topic, tmp_path, retry_secs=2)
+    daemon, files, out = run["daemon"], run["files"], run["out"]
+    holder = _start_key_holder(topic, up_cfg, tmp_path)
+    try:
+        wait_for(lambda: out.exists() and {k: v for k, v in tree(out).items() if k != "later.txt"} == files, 45,
+                 "kept messages decrypted without being asked to", daemon, log)
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.wait(30)
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
