@@ -121,6 +121,11 @@ class CryptoNode:
         except Exception as exc:  # noqa: BLE001 - kafkacrypto fails with an UnboundLocalError, for one
             raise CryptoError(f"cannot encrypt for topic {topic!r} with node {self.node_id}: {exc}") from exc
 
+    def serve_keys_for(self, topic: str) -> None:
+        """Answer key requests for ``topic`` from now on, including those for this node's earlier keys
+        (kafkacrypto starts listening at a topic's first encryption; this encrypts nothing that is sent)."""
+        self.encrypt(topic, None, b"")
+
     # -- reading -----------------------------------------------------------------------------------
     def decrypt(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes] | None:
         """Plain (key, value), or :data:`NOT_YET` while a key is missing; raises :class:`NotDecryptable`."""

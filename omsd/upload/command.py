@@ -188,7 +188,7 @@ def upload_command(args: argparse.Namespace) -> int:
     if connected is None:
         return exitcodes.RET_ERROR
     producer, partitions = connected
-    ok, node = open_node_or_report(config)
+    ok, node = open_node_or_report(config, args.topic)
     if not ok:
         return exitcodes.RET_CONFIG
     try:

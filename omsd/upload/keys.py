@@ -26,11 +26,17 @@ def open_node(config: Config) -> CryptoNode | None:
     return CryptoNode(config.kafkacrypto, config)
 
 
-def open_node_or_report(config: Config) -> tuple[bool, CryptoNode | None]:
-    """(ok, node): ok is False after printing why the node cannot be opened."""
+def open_node_or_report(config: Config, topic: str) -> tuple[bool, CryptoNode | None]:
+    """(ok, node) for uploads to ``topic``: ok is False after printing why the node cannot be opened."""
+    node = None
     try:
-        return True, open_node(config)
+        node = open_node(config)
+        if node is not None:
+            node.serve_keys_for(topic)
+        return True, node
     except CryptoError as exc:
+        if node is not None:
+            node.close()
         print_error(str(exc))
         return False, None
 

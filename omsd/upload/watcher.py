@@ -308,7 +308,7 @@ def watch_command(args: argparse.Namespace, config: Config) -> int:
     if connected is None:
         return exitcodes.RET_ERROR
     producer, partitions = connected
-    ok, node = open_node_or_report(config)  # encrypted topics: it answers key requests while we watch
+    ok, node = open_node_or_report(config, args.topic)  # encrypted topics: it answers key requests while we watch
     if not ok:
         return exitcodes.RET_CONFIG
     try:
