@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from omsd.crypto.settings import CryptoSettings, CryptoSettingsError, resolve as resolve_crypto
+from omsd.crypto.settings import CryptoSettings, read_section as read_crypto
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # OpenMSIStream INI values: $VAR or ${VAR}, expanded when the value starts with "$".
@@ -355,9 +355,7 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
                                          cfg.heartbeat.program_id if cfg.heartbeat else "omsd")),
             level=level,
         )
-    crypto = reader.mapping(data, "kafkacrypto")
-    if crypto:
-        cfg.kafkacrypto = _crypto_settings(crypto, path, reader.where(data, "kafkacrypto"))
+    cfg.kafkacrypto = read_crypto(data.get("kafkacrypto"), path, reader.where(data, "kafkacrypto"), ConfigError)
     metrics = reader.mapping(data, "metrics", {"port"})
     if metrics:
         cfg.metrics_port = int(reader.number(metrics, "port", 0, int, minimum=0))
@@ -371,13 +369,6 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
             raise ConfigError(f"{reader.where(node, 'name')}: duplicate pipeline name '{pipeline.name}'")
         seen.add(pipeline.name)
     return cfg
-
-
-def _crypto_settings(section: dict[str, Any], path: Path | None, where: str) -> CryptoSettings:
-    try:
-        return resolve_crypto(section, path.parent if path else Path.cwd())
-    except CryptoSettingsError as exc:
-        raise ConfigError(f"{where}: kafkacrypto: {exc}") from None
 
 
 def _ini_value(value: str, where: str) -> str:
@@ -426,10 +417,8 @@ def config_from_ini(text: str, path: Path | None) -> Config:
         del consumer["auto.offset.reset"]
     if str(consumer.get("group.id", "")).lower() == "create_new":  # OpenMSIStream: a fresh group every run
         consumer["group.id"] = f"omsd-{uuid.uuid4().hex[:12]}"
-    crypto = sections.get("kafkacrypto")
-    return Config(path=path, broker=sections.get("broker", {}), consumer=consumer,
-                  producer=sections.get("producer", {}),
-                  kafkacrypto=_crypto_settings(crypto, path, f"{path}[kafkacrypto]") if crypto else None)
+    return Config(path=path, broker=sections.get("broker", {}), consumer=consumer, producer=sections.get("producer", {}),
+                  kafkacrypto=read_crypto(sections.get("kafkacrypto"), path, f"{path}[kafkacrypto]", ConfigError))
 
 
 def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False,

@@ -91,3 +91,16 @@ def resolve(section: dict[str, Any], base_dir: Path) -> CryptoSettings:
         treat_undecryptable_as_plaintext=_flag(section, "treat_undecryptable_as_plaintext"),
         retry_undecryptable_s=_number(section, "retry_undecryptable_secs", DEFAULT_RETRY_UNDECRYPTABLE_S),
     )
+
+
+def read_section(section: dict[str, Any] | None, config_path: Path | None, where: str,
+                 error: type[Exception] = CryptoSettingsError) -> CryptoSettings | None:
+    """The settings of a config file's section (None when absent); problems raise ``error`` naming ``where``."""
+    if section is None or section == {}:
+        return None
+    if not isinstance(section, dict):
+        raise error(f"{where}: 'kafkacrypto' must be a mapping")
+    try:
+        return resolve(section, config_path.parent if config_path else Path.cwd())
+    except CryptoSettingsError as exc:
+        raise error(f"{where}: kafkacrypto: {exc}") from None

@@ -112,12 +112,14 @@ class Decryptor:
             out.append(msg)
         return out
 
-    def _hold(self, msg: Message, now: float) -> None:
+    def _hold(self, msg: Message, now: float, deadline: float | None = None) -> None:
         tp, offset = (msg.topic(), msg.partition()), msg.offset()
         index = key_index(msg.key()) or key_index(msg.value())
         first = self._first_seen.setdefault((tp[0], index), now)
+        if deadline is None:
+            deadline = max(first + self.settings.max_initial_wait_s, now + self.settings.max_wait_s)
         pending = _Pending(msg=msg, key_index=index, next_try=now + RETRY_EVERY_S, holder=-next(_holders),
-                           deadline=max(first + self.settings.max_initial_wait_s, now + self.settings.max_wait_s))
+                           deadline=deadline)
         self.watermarks.hold(tp, pending.holder, offset)
         self.watermarks.consumed(tp, offset)
         self._live[(tp, offset)] = pending
@@ -125,17 +127,26 @@ class Decryptor:
 
     def _keep_now(self, msg: Message, reason: str) -> None:
         tp, offset = (msg.topic(), msg.partition()), msg.offset()
-        self._keep(msg, None, reason)
+        if not self._keep(msg, None, reason):
+            self._hold(msg, time.monotonic(), deadline=0.0)  # written as soon as the disk takes it
+            return
         self.watermarks.consumed(tp, offset)
         self.watermarks.finished(tp, offset)
 
-    def _keep(self, msg: Message, index: bytes | None, reason: str) -> None:
+    def _keep(self, msg: Message, index: bytes | None, reason: str) -> bool:
+        """Write the raw message to disk; False (logged) when the disk refuses: it then stays held."""
         timestamp = msg.timestamp()[1] if msg.timestamp() and msg.timestamp()[0] else None
-        path = self.store.keep(msg.topic(), msg.partition(), msg.offset(), timestamp, msg.key(), msg.value() or b"",
-                               index, reason)
+        try:
+            path = self.store.keep(msg.topic(), msg.partition(), msg.offset(), timestamp, msg.key(),
+                                   msg.value() or b"", index, reason)
+        except OSError as exc:
+            log.error("cannot keep an undecryptable message; its offset stays held and writing is retried",
+                      topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=str(exc))
+            return False
         self.stats.kept += 1
         log.warning("undecryptable message kept", topic=msg.topic(), partition=msg.partition(),
                     offset=msg.offset(), reason=reason, file=str(path))
+        return True
 
     @staticmethod
     def _set(msg: Message, opened: tuple[bytes | None, bytes]) -> None:
@@ -182,8 +193,9 @@ class Decryptor:
 
     def _give_up(self, pending: _Pending) -> None:
         """Past its deadline: keep it on disk (a kept one stays where it is), then release its offset."""
-        if pending.kept is None:
-            self._keep(pending.msg, pending.key_index, "no decryption key arrived in time")
+        if pending.kept is None and not self._keep(pending.msg, pending.key_index, "no decryption key arrived in time"):
+            pending.next_try = time.monotonic() + 1.0  # the disk refused: still held, written later
+            return
         if pending.holder is not None:
             self.watermarks.release(pending.holder, done=True)  # durable on disk: the commit may pass it
             pending.holder = None
