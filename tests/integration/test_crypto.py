@@ -203,7 +203,9 @@ def test_undecryptable_messages_are_kept_listed_and_retried(broker, topic, tmp_p
         time.sleep(3)  # kept messages are not tried again by themselves (retry_undecryptable_secs 3600)
         assert not out.exists() or tree(out).keys() <= {"later.txt"}
         retried = omsctl(down_cfg, "retry", "--undecryptable")
-        assert retried.returncode == 0 and f"queued {kept} undecryptable messages" in retried.stdout
+        assert retried.returncode == 0, retried.stderr
+        # later.txt (sent under the holder's new key) may have been kept too, if its key came after 2 s
+        assert int(retried.stdout.split()[1]) in (kept, kept + 1), retried.stdout
         wait_for(lambda: out.exists() and {k: v for k, v in tree(out).items() if k != "later.txt"} == files, 45,
                  "every kept message decrypted and its file saved", daemon, log)
         wait_for(lambda: (status(down_cfg).get("decryption") or [{}])[0].get("kept") == 0, 10,
