@@ -1,8 +1,15 @@
 """Named states of worker processes and of the daemon, with explicit transitions.
 
-Stdlib only: imported by the supervisor, by worker-side code, by the control
-socket replies and by ``omsctl``. States are ``str`` enums, so they serialise
-to JSON as their value (``"RUNNING"``).
+A leaf module (stdlib and structlog): imported by the supervisor, the worker
+pool, the status report and ``omsctl``. States are ``str`` enums, so they
+serialise to JSON as their value (``"RUNNING"``); in the code they are compared
+as enums (``is``), never as strings.
+
+Every change of a worker slot's or the daemon's state goes through
+:func:`transition`. A change the table forbids raises :class:`IllegalTransition`
+when strict (``OMSD_STRICT_STATES=1``, which the test suite sets for itself and
+every process it starts); in production it is logged as an error and made, so
+that bookkeeping never wedges a running daemon.
 
 Worker process life cycle (supervisord style)::
 
@@ -11,6 +18,7 @@ Worker process life cycle (supervisord style)::
                           │ died while         │ died
                           │ booting            v
                           └──────────> BACKOFF <── EXITED ──restart──> STARTING
+                                      (wait before restarting)
                                          │ │
                   retries exhausted      │ └──wait over──> STARTING
                                          v
@@ -22,8 +30,16 @@ the table for the exact pairs).
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from typing import Mapping, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+#: Environment variable that makes a forbidden transition raise (the test suite sets it).
+STRICT_ENV = "OMSD_STRICT_STATES"
 
 
 class ProcessState(str, Enum):
@@ -97,8 +113,31 @@ def is_legal_transition(old: S, new: S) -> bool:
     return new in _table_for(old)[old]
 
 
+class IllegalTransition(ValueError):
+    """A state change the transition table forbids."""
+
+
 def check_transition(old: S, new: S) -> None:
-    """Raise ``ValueError`` unless ``old -> new`` is a legal transition."""
+    """Raise :class:`IllegalTransition` unless ``old -> new`` is a legal transition."""
     _table_for(old)
     if not is_legal_transition(old, new):
-        raise ValueError(f"illegal state transition {old!s} -> {new!s}")
+        raise IllegalTransition(f"illegal state transition {old!s} -> {new!s}")
+
+
+def strict() -> bool:
+    """True when a forbidden transition must raise (tests) rather than be logged (production)."""
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def transition(old: S, new: S, subject: str) -> S:
+    """Check ``old -> new`` for ``subject`` (e.g. "worker slot 2") and return ``new``.
+
+    Forbidden: raises :class:`IllegalTransition` when :func:`strict`, else logs an error and returns ``new``.
+    """
+    try:
+        check_transition(old, new)
+    except IllegalTransition as exc:
+        if strict():
+            raise IllegalTransition(f"{subject}: {exc}") from None
+        log.error("illegal state transition", subject=subject, old=old.value, new=new.value)
+    return new

@@ -38,7 +38,7 @@ from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites
 from omsd.intake.staging import Staging
-from omsd.states import DaemonState
+from omsd.states import DaemonState, transition
 from omsd.telemetry.totals import Stats
 from omsd.telemetry.systemd import Notifier, watchdog_interval
 
@@ -69,7 +69,7 @@ class Supervisor:
             self.registry.close()
             raise
         self.log_json = log_json
-        self.state = DaemonState.STARTING
+        self._state = DaemonState.STARTING  # changed only by _move_to, through the transition table
         self.signals: list[int] = []
         self.started = time.time()
         self.exit_code = exitcodes.RET_OK
@@ -122,9 +122,16 @@ class Supervisor:
         self.control.start()
         if self.log_handler is not None:
             self.log_handler.install()
-        self.state = DaemonState.RUNNING
+        self._move_to(DaemonState.RUNNING)
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
                  pipelines=[p.name for p in cfg.pipelines], groups=list(self.groups))
+
+    @property
+    def state(self) -> DaemonState:
+        return self._state
+
+    def _move_to(self, new: DaemonState) -> None:
+        self._state = transition(self._state, new, "daemon")
 
     def _install_signal_handlers(self) -> None:
         def record(signum: int, _frame: object) -> None:
@@ -182,7 +189,7 @@ class Supervisor:
             if self.state is DaemonState.DRAINING:
                 log.warning(f"second {name}: stopping now; in-flight files will be read again on restart")
                 self.exit_code = exitcodes.RET_KILLED
-                self.state = DaemonState.STOPPING
+                self._move_to(DaemonState.STOPPING)
                 return
             self.request_stop(f"{name} received")
 
@@ -193,7 +200,7 @@ class Supervisor:
             return
         log.info("graceful stop requested", reason=why)
         self.notifier.stopping(status=f"stopping: {why}")
-        self.state = DaemonState.DRAINING
+        self._move_to(DaemonState.DRAINING)
         self.stop_deadline = time.monotonic() + (self.config.shutdown_timeout_secs if timeout is None else timeout)
         for intake in self.intakes:
             intake.flow.pause(PauseReason.STOPPING)
@@ -402,7 +409,8 @@ class Supervisor:
         5. stop the workers;
         6. free staging (shared memory and spill files), close the registry, remove the socket.
         """
-        self.state = DaemonState.STOPPING
+        if self.state is not DaemonState.STOPPING:  # a second signal may have moved there already
+            self._move_to(DaemonState.STOPPING)
         self.notifier.stopping(status="stopping")
         for intake in self.intakes:
             try:
@@ -427,7 +435,7 @@ class Supervisor:
         self.registry.close()
         self.control.close()
         self.metrics.stop_http()
-        self.state = DaemonState.STOPPED
+        self._move_to(DaemonState.STOPPED)
         log.info("omsd stopped", exit_code=self.exit_code)
 
 

@@ -22,6 +22,11 @@ import pytest
 
 from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
 from omsd.intake.staging import SHM_DIR, SHM_PREFIX
+from omsd.states import STRICT_ENV
+
+# A state change the transition table forbids raises in the tests and in every daemon they start
+# (production logs it as an error instead).
+os.environ[STRICT_ENV] = "1"
 
 
 def _own_segments() -> set[str]:

@@ -25,7 +25,7 @@ import structlog
 from omsd.dispatch.backpressure import Backlog
 from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.wire.sharding import worker_slot_for
-from omsd.states import ProcessState
+from omsd.states import ProcessState, transition
 from workers.main import worker_main
 
 log = structlog.get_logger(__name__)
@@ -50,8 +50,10 @@ class Task:
 
 @dataclass
 class Slot:
+    """One numbered place for a worker process; its state changes only through :meth:`move_to`."""
+
     index: int
-    state: ProcessState = ProcessState.STOPPED
+    _state: ProcessState = field(default=ProcessState.STOPPED, repr=False)
     process: Any = None
     conn: Any = None
     queue: deque[Task] = field(default_factory=deque)
@@ -63,6 +65,14 @@ class Slot:
     files_done: int = 0
     boot_failures: int = 0
     last_death: float | None = None
+
+    @property
+    def state(self) -> ProcessState:
+        return self._state
+
+    def move_to(self, new: ProcessState) -> None:
+        """Change state through the transition table (see :func:`omsd.states.transition`)."""
+        self._state = transition(self._state, new, f"worker slot {self.index}")
 
     @property
     def current(self) -> Task | None:
@@ -109,7 +119,7 @@ class WorkerPool:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child.close()
         slot.process, slot.conn = process, parent
-        slot.state = ProcessState.STARTING
+        slot.move_to(ProcessState.STARTING)
         slot.started_at = time.monotonic()
 
     def stop(self, timeout: float) -> None:
@@ -120,7 +130,7 @@ class WorkerPool:
                     slot.conn.send(None)
                 except OSError:
                     pass
-                slot.state = ProcessState.STOPPING
+                slot.move_to(ProcessState.STOPPING)
         deadline = time.monotonic() + timeout
         for slot in self.slots:
             if slot.process is None:
@@ -132,7 +142,8 @@ class WorkerPool:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join()
-            slot.state = ProcessState.STOPPED
+            if slot.state is not ProcessState.STOPPED:
+                slot.move_to(ProcessState.STOPPED)
             if slot.conn is not None:
                 slot.conn.close()
                 slot.conn = None
@@ -201,7 +212,7 @@ class WorkerPool:
                     message = conn.recv()
                     task = slot.current
                     if message.get("type") == "ready":
-                        slot.state = ProcessState.RUNNING
+                        slot.move_to(ProcessState.RUNNING)
                     elif message.get("type") == "result" and task is not None:
                         slot.in_flight.popleft()  # results come in the order the tasks were sent
                         slot.files_done += 1
@@ -243,7 +254,9 @@ class WorkerPool:
                 if task.deaths >= self.poison_limit:
                     poison.append(handed_back.pop(0))
             slot.queue.extendleft(reversed(handed_back))
-            slot.state = ProcessState.BACKOFF
+            if booted:
+                slot.move_to(ProcessState.EXITED)  # a running worker died; died while booting goes straight on
+            slot.move_to(ProcessState.BACKOFF)  # wait before the restart
             slot.last_death = now
             slot.restart_at = now + slot.backoff_s
             slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2)
@@ -255,7 +268,7 @@ class WorkerPool:
         for slot in self.slots:
             if slot.state is ProcessState.BACKOFF and now >= slot.restart_at:
                 if slot.boot_failures >= 3:
-                    slot.state = ProcessState.FATAL
+                    slot.move_to(ProcessState.FATAL)
                     raise WorkerBootError(f"worker slot {slot.index} failed to boot {slot.boot_failures} times")
                 slot.restarts += 1
                 self._spawn(slot)

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+import structlog
 
 from omsd.states import (
     ALIVE_STATES,
     DAEMON_TRANSITIONS,
     DEAD_STATES,
     PROCESS_TRANSITIONS,
+    STRICT_ENV,
     DaemonState,
+    IllegalTransition,
     ProcessState,
     check_transition,
     is_legal_transition,
+    transition,
 )
 
 P = ProcessState
@@ -71,3 +75,18 @@ def test_states_serialise_as_their_names():
     assert json.dumps({"state": P.BACKOFF}) == '{"state": "BACKOFF"}'
     assert str(D.DRAINING) == "DRAINING"
     assert ProcessState("RUNNING") is P.RUNNING
+
+
+def test_a_forbidden_transition_raises_when_strict(monkeypatch):
+    monkeypatch.setenv(STRICT_ENV, "1")
+    assert transition(P.RUNNING, P.EXITED, "worker slot 0") is P.EXITED
+    with pytest.raises(IllegalTransition, match="worker slot 0: illegal state transition RUNNING -> BACKOFF"):
+        transition(P.RUNNING, P.BACKOFF, "worker slot 0")
+
+
+def test_a_forbidden_transition_is_logged_and_made_in_production(monkeypatch):
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    with structlog.testing.capture_logs() as logs:
+        assert transition(D.STOPPED, D.RUNNING, "daemon") is D.RUNNING
+    assert logs == [{"event": "illegal state transition", "subject": "daemon", "old": "STOPPED", "new": "RUNNING",
+                     "log_level": "error"}]
