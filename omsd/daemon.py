@@ -43,9 +43,15 @@ def lock_state_dir(state_dir: Path) -> int:
 def serve(config: Config) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
     from omsd.crypto.node import CryptoError
+    from omsd.kafka import check_client_configs
     from omsd.registry import RegistryDamaged
     from omsd.supervisor import Supervisor, report_damaged_registry
 
+    try:
+        check_client_configs(config)  # a misspelt librdkafka property stops us before anything is created
+    except ConfigError as exc:
+        print(f"omsd: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.RET_CONFIG
     tune_malloc()
     try:
         lock_fd = lock_state_dir(config.state_dir)

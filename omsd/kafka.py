@@ -1,12 +1,23 @@
-"""Building Kafka clients from omsd's configuration (supervisor side only)."""
+"""Building Kafka clients from omsd's configuration (supervisor side only).
+
+Every client logs through :data:`KAFKA_LOG` (see :mod:`omsd.telemetry.kafkalog`): librdkafka's own lines
+never reach stderr raw. :func:`check_client_configs` builds the clients' configurations once, without
+connecting, so that a misspelt librdkafka property is a configuration error before anything starts.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
-from omsd.config import Config
+from omsd.config import Config, ConfigError
+from omsd.telemetry.kafkalog import KafkaLog
+
+#: The process's receiver of librdkafka's logs, errors and statistics.
+KAFKA_LOG = KafkaLog()
 
 # Chunk messages are up to a few MiB; leave room for large chunk sizes.
 MAX_MESSAGE_BYTES = 64 << 20
@@ -57,9 +68,16 @@ def _clean(props: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def consumer_config(config: Config, group_id: str, **overrides: Any) -> dict[str, Any]:
-    """librdkafka consumer properties: defaults < broker < consumer section < overrides."""
-    props = {**CONSUMER_DEFAULTS, **_clean(config.broker), **_clean(config.consumer), **overrides}
+def consumer_config(config: Config, group_id: str, *, polled: bool = False,
+                    on_error: Callable[[Any], None] | None = None, **overrides: Any) -> dict[str, Any]:
+    """librdkafka consumer properties: defaults < broker < consumer section < overrides.
+
+    ``polled``: the client is polled all the time, so it also reports librdkafka's statistics;
+    ``on_error`` receives its errors besides :data:`KAFKA_LOG`.
+    """
+    props = {**CONSUMER_DEFAULTS, **KAFKA_LOG.client_settings(polled=polled, on_error=on_error),
+             **_clean(config.broker),
+             **_clean(config.consumer), **overrides}
     props["group.id"] = group_id
     # omsd commits its own safe offsets; auto-commit would lose files on a crash.
     props["enable.auto.commit"] = False
@@ -67,19 +85,77 @@ def consumer_config(config: Config, group_id: str, **overrides: Any) -> dict[str
     return props
 
 
-def producer_config(config: Config, **overrides: Any) -> dict[str, Any]:
+def producer_config(config: Config, *, polled: bool = False, on_error: Callable[[Any], None] | None = None,
+                    **overrides: Any) -> dict[str, Any]:
     """librdkafka producer properties: defaults < broker < producer section < overrides."""
-    return {**PRODUCER_DEFAULTS, **_clean(config.broker), **_clean(config.producer), **overrides}
+    return {**PRODUCER_DEFAULTS, **KAFKA_LOG.client_settings(polled=polled, on_error=on_error),
+            **_clean(config.broker),
+            **_clean(config.producer), **overrides}
 
 
 def admin_config(config: Config) -> dict[str, Any]:
     """librdkafka properties for an admin client: the broker section only."""
-    return _clean(config.broker)
+    return {**KAFKA_LOG.client_settings(polled=False), **_clean(config.broker)}
 
 
-def make_consumer(config: Config, group_id: str, **overrides: Any) -> Consumer:
-    return Consumer(consumer_config(config, group_id, **overrides))
+def make_consumer(config: Config, group_id: str, *, polled: bool = False,
+                  on_error: Callable[[Any], None] | None = None, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(config, group_id, polled=polled, on_error=on_error, **overrides))
 
 
-def make_producer(config: Config, **overrides: Any) -> Producer:
-    return Producer(producer_config(config, **overrides))
+def make_producer(config: Config, *, polled: bool = False, on_error: Callable[[Any], None] | None = None,
+                  **overrides: Any) -> Producer:
+    return Producer(producer_config(config, polled=polled, on_error=on_error, **overrides))
+
+
+_PROPERTY = re.compile(r'property:? "([^"]+)"')
+
+
+def check_client_configs(config: Config, kinds: tuple[str, ...] = ("consumer", "producer")) -> None:
+    """Build the ``kinds`` of client from ``config`` without connecting (no bootstrap servers), so that
+    librdkafka checks every property now; raise :class:`ConfigError` naming the key's file and line."""
+    for kind in kinds:
+        if kind == "consumer":
+            sections, props = ("consumer", "broker"), consumer_config(config, "omsd-config-check")
+        else:
+            sections, props = ("producer", "broker"), producer_config(config)
+        props = {k: v for k, v in props.items() if k not in ("bootstrap.servers", "metadata.broker.list")}
+        try:
+            client = Consumer(props) if kind == "consumer" else Producer(props)
+        except (KafkaException, ValueError, TypeError) as exc:
+            message = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else str(exc)
+            named = _PROPERTY.findall(message)
+            key = named[-1] if named else None
+            section = next((s for s in sections if key is not None and key in getattr(config, s)), None)
+            if section is None:
+                raise ConfigError(f"{where(config, '', '')}: librdkafka refuses the {kind} settings: {message}") \
+                    from None
+            raise ConfigError(f"{where(config, section, key)}: {section} property '{key}': {message} "
+                              "(librdkafka)") from None
+        if isinstance(client, Consumer):
+            client.close()
+
+
+def where(config: Config, section: str, key: str) -> str:
+    """``file:line`` of ``key`` in ``section`` of the config file (YAML or INI), or the file alone.
+
+    Found by reading the file again, only when there is an error to report: the key's line within its
+    section (a ``section:`` line or ``[section]`` header), else the section's own line.
+    """
+    name = str(config.path) if config.path else "<config>"
+    try:
+        text = config.path.read_text(encoding="utf-8") if config.path else ""
+    except (OSError, UnicodeError):
+        return name
+    header = re.compile(rf"^(?:{re.escape(section)}\s*:|\[\s*{re.escape(section)}\s*\])", re.IGNORECASE)
+    any_header = re.compile(r"^(?:[\w.-]+\s*:|\[[^\]]*\])")
+    entry = re.compile(rf"(?:^|[{{,]\s*)[\"']?{re.escape(key)}[\"']?\s*[:=]", re.IGNORECASE)
+    inside, section_line = False, 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if header.match(line):
+            inside, section_line = True, number
+        elif any_header.match(line):
+            inside = False
+        if inside and key and entry.search(line.strip() if number != section_line else line.split(":", 1)[-1]):
+            return f"{name}:{number}"
+    return f"{name}:{section_line}" if section_line else name

@@ -30,7 +30,7 @@ from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
 from omsd.intake.consumer import Intake
 from omsd.intake.flow import PauseReason
 from omsd.dispatch.jobs import FileJobs
-from omsd.kafka import make_producer
+from omsd.kafka import KAFKA_LOG, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
@@ -73,7 +73,6 @@ class Supervisor:
         self.signals: list[int] = []
         self.started = time.time()
         self.exit_code = exitcodes.RET_OK
-        self.broker_down_since: float | None = None
         self.stop_deadline: float | None = None
         self.drain_timed_out = False
         self.ready_sent = False
@@ -95,7 +94,7 @@ class Supervisor:
                                before_revoke=self.finish_revoked, handover=self.handover, crypto=self.crypto)
                         for group, pipelines in self.groups.items()]
         self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=log_json)
-        self.producer = make_producer(cfg, error_cb=self._on_kafka_error)
+        self.producer = make_producer(cfg, polled=True, on_error=self._on_kafka_error)
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
                              pipelines=cfg.pipelines, writes=self.writes)
@@ -141,14 +140,10 @@ class Supervisor:
             signal.signal(signum, record)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            if self.broker_down_since is None:
-                self.broker_down_since = time.monotonic()
-        self.stats.error(f"kafka: {err.str()}")
+        self.stats.error(f"kafka: {err.str()}")  # listed by `omsctl status`; KAFKA_LOG follows the brokers
 
     def _count_read(self, n_bytes: int) -> None:
         self.stats.read(n_bytes)
-        self.broker_down_since = None
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -283,6 +278,7 @@ class Supervisor:
     # -- housekeeping ------------------------------------------------------------------------------
     def housekeeping(self) -> None:
         now = time.monotonic()
+        KAFKA_LOG.tick()  # a broker's "unreachable" warning, repeated at a slow pace while it lasts
         for intake in self.intakes:
             for assembly in intake.assembler.expired(self.config.staging.expire_incomplete_secs, now):
                 received = f"{len(assembly.received)}/{assembly.n_total} chunks"
@@ -355,7 +351,7 @@ class Supervisor:
     # -- what the control socket sees (omsd.control.handlers.DaemonView) ---------------------------------
     def health(self) -> tuple[bool, list[str]]:
         return assess_health(pool=self.pool, intakes=self.intakes, staging=self.staging,
-                             broker_down_since=self.broker_down_since, uptime_s=time.time() - self.started,
+                             broker_down_since=KAFKA_LOG.unreachable_since, uptime_s=time.time() - self.started,
                              disk=self.writes.describe())
 
     def status(self) -> dict:

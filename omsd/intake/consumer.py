@@ -24,7 +24,7 @@ from omsd.intake.flow import FlowControl, PauseReason
 from omsd.crypto.node import CryptoNode
 from omsd.intake.decrypt import Decryptor, Opened
 from omsd.intake.handover import HandoverLog
-from omsd.kafka import make_consumer
+from omsd.kafka import KAFKA_LOG, make_consumer
 from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
 from omsd.intake.staging import Staging, StagingFull
@@ -66,7 +66,7 @@ class Intake:
         self.before_revoke = before_revoke
         self.handover = handover
         self.handed_over_skipped = 0  # messages the previous owner of their partition had finished
-        self.consumer = make_consumer(config, group_id, **({"error_cb": on_error} if on_error else {}))
+        self.consumer = make_consumer(config, group_id, polled=True, on_error=on_error)
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         # Encrypted topics: messages are decrypted before decoding (see omsd.intake.decrypt).
@@ -74,6 +74,7 @@ class Intake:
                                     self.watermarks) if crypto is not None and config.kafkacrypto else None)
         self.assigned: set[tuple[str, int]] = set()
         self.flow = FlowControl(self._set_paused)
+        self.unassigned_since: float | None = None  # when the last partition went (rebalance, outage)
         self.rejected: Counter[str] = Counter()
         self.recent_rejections: list[dict] = []
         self.messages_read = 0
@@ -94,6 +95,9 @@ class Intake:
     def _on_assign(self, consumer: object, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
         self.assigned |= tps
+        if self.assigned:
+            self.unassigned_since = None
+        KAFKA_LOG.connected()  # the group coordinator answered: the broker is back, whatever came before
         log.info("partitions assigned", group=self.group_id, partitions=sorted(tps))
         if self.handover is not None and self.handover.ready():
             self._inherit(partitions)
@@ -135,6 +139,8 @@ class Intake:
             self.decryptor.drop_partitions(tps)
         self.watermarks.forget(tps)
         self.assigned -= tps
+        if not self.assigned and self.unassigned_since is None:
+            self.unassigned_since = time.monotonic()
         log.info(f"partitions {why}", group=self.group_id, partitions=sorted(tps), partial_files_dropped=len(dropped))
 
     # -- reading -----------------------------------------------------------------------------------
@@ -225,8 +231,7 @@ class Intake:
     def _decode(self, msg: Message) -> tuple[Message, tuple[str, int], Chunk | ProtocolError] | None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error", group=self.group_id, error=str(err))
+            KAFKA_LOG.consumer_error(self.group_id, err)  # a topic not created yet is said so, once
             return None
         value = msg.value()
         size = len(value) if value else 0

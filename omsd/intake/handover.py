@@ -85,12 +85,25 @@ class HandoverLog:
         self.available = False
         self._undelivered = 0
 
-    def ready(self) -> bool:
+    def ready(self, timeout: float = 10.0) -> bool:
         """True when records can be read and written. Called when partitions are assigned (the broker
-        has just answered); an unavailable topic is tried again then."""
+        has just answered): an unavailable topic is tried again then, and one in use is checked to be still
+        there (a memory-only broker that restarted, or a deleted topic, has lost it and its records)."""
+        if self.available and not self._still_there(timeout):
+            log.warning("handover topic is gone (deleted, or the broker restarted empty); creating it again",
+                        topic=self.topic)
+            self._latest.clear()
+            self.available = False
         if not self.available:
             self.open()
         return self.available
+
+    def _still_there(self, timeout: float) -> bool:
+        try:
+            found = AdminClient(self._admin_config).list_topics(timeout=timeout).topics.get(self.topic)
+        except KafkaException:
+            return True  # cannot tell now; publishing will say if it is not
+        return found is not None and found.error is None and sorted(found.partitions) == self._partitions
 
     def open(self, timeout: float = 10.0) -> bool:
         """Make sure the topic exists and read it; False (logged) when it cannot be used."""

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from omsd.telemetry.totals import Stats
 
 RECENT_DEATH_S = 30.0  # a worker that died this recently makes the daemon "degraded"
-NO_ASSIGNMENT_GRACE_S = 30.0
+NO_ASSIGNMENT_GRACE_S = 30.0  # after start-up
+REASSIGNMENT_GRACE_S = 5.0  # after the partitions went, before that (a rebalance takes a few seconds)
 RECENT_SHOWN = 20  # rejections and errors listed by `omsctl status`
 
 
@@ -51,7 +52,8 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
         if PauseReason.STAGING_FULL in intake.flow.reasons:
             reasons.append(f"staging disk full ({staging.full_reason or 'no space'}); "
                            f"consumer group {intake.group_id} paused")
-        if not intake.assigned and uptime_s > NO_ASSIGNMENT_GRACE_S:
+        lost = intake.unassigned_since is not None and now - intake.unassigned_since > REASSIGNMENT_GRACE_S
+        if not intake.assigned and (uptime_s > NO_ASSIGNMENT_GRACE_S or lost):
             reasons.append(f"consumer group {intake.group_id} has no partitions assigned")
     return not reasons, reasons
 

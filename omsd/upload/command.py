@@ -8,6 +8,7 @@ engine is :mod:`omsd.upload.engine`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from confluent_kafka import Producer
 
 from omsd import exitcodes
 from omsd.config import ConfigError, load_config
-from omsd.kafka import producer_config
+from omsd.kafka import check_client_configs, producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
 from omsd.telemetry.options import add_telemetry_arguments
@@ -156,8 +157,9 @@ def upload_command(args: argparse.Namespace) -> int:
         return exitcodes.RET_USAGE
     try:
         config = load_config(args.config)
+        check_client_configs(config, ("producer",))  # a misspelt librdkafka property, before connecting
     except ConfigError as exc:
-        print_error(str(exc))
+        print_error(f"configuration error: {exc}")
         return exitcodes.RET_CONFIG
     except UnicodeDecodeError:
         print_error(f"{args.config}: the configuration is not a UTF-8 text file")
@@ -173,6 +175,8 @@ def upload_command(args: argparse.Namespace) -> int:
         from omsd.upload.watcher import watch_command
 
         return watch_command(args, config)
+    # One-shot: the command's own lines say what went wrong; librdkafka's summaries would repeat them.
+    logging.getLogger("omsd.librdkafka").setLevel(logging.ERROR)
     try:
         entries = collect_files(args.paths, args.upload_regex)
     except (FileNotFoundError, OSError) as exc:

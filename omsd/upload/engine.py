@@ -10,7 +10,6 @@ unless the file-affine partitioning is turned off.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import queue
 import re
@@ -25,7 +24,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from omsd.config import Config
-from omsd.kafka import make_producer, producer_config
+from omsd.kafka import KAFKA_LOG, make_producer, producer_config
 from omsd.telemetry.heartbeat import Counters
 from omsd.wire.paths import UnsafePathError, safe_relative_path
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE, EMPTY_SHA512, chunk_key, encode_chunk
@@ -39,6 +38,11 @@ IN_MEMORY_FILE_BYTES = 64 << 20
 # Encoded chunks waiting between the reader threads and the producer.
 CHUNK_QUEUE_BYTES = 64 << 20
 DEFAULT_CONNECT_TIMEOUT = 15.0
+# Every bootstrap server refusing the connection this many times, for at least REFUSED_AFTER_S, means nothing
+# listens there: fail then instead of waiting out the connect timeout (which stays for a broker that is silent).
+QUICK_REFUSALS = 3
+REFUSED_AFTER_S = 1.0
+ASK_EVERY_S = 0.25
 # OpenMSIStream's DataFileUploadDirectory default (RunConstants.DEFAULT_UPLOAD_REGEX), verbatim. Matched from the
 # start of the relative path, it skips paths that start with "." or contain "log" after their first character
 # (x.log, but also catalog.csv and mylogs/a.dat), and names with a newline ("." does not match one).
@@ -399,22 +403,32 @@ class _ErrorRecorder:
 
 def open_producer(config: Config, topic: str, *, file_affine: bool,
                   connect_timeout: float) -> tuple[Producer, int | None, _ErrorRecorder]:
-    """A connected producer and the topic's partition count (None with the default partitioner)."""
+    """A connected producer and the topic's partition count (None with the default partitioner).
+
+    A broker that does not answer is waited for up to ``connect_timeout``; one that refuses the
+    connection outright (nothing listens on its port) fails after a few quick retries.
+    """
     errors = _ErrorRecorder()
-    quiet = logging.getLogger("omsd.upload.librdkafka")
-    quiet.setLevel(logging.CRITICAL)  # librdkafka's own lines would repeat what we report once
-    overrides: dict[str, object] = {"error_cb": errors, "logger": quiet}
+    overrides: dict[str, object] = {}
     if "queue.buffering.max.kbytes" not in config.producer:
         overrides["queue.buffering.max.kbytes"] = 128 * 1024  # plenty in flight; keeps memory modest
-    producer = make_producer(config, **overrides)
+    producer = make_producer(config, on_error=errors, **overrides)
     bootstrap = producer_config(config).get("bootstrap.servers", "?")
-    deadline = time.monotonic() + connect_timeout
+    servers = [s.strip() for s in str(bootstrap).split(",") if s.strip()]
+    start = time.monotonic()
+    deadline = start + connect_timeout
     while True:
         try:
-            metadata = producer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
+            metadata = producer.list_topics(topic, timeout=max(0.1, min(ASK_EVERY_S, deadline - time.monotonic())))
         except KafkaException as exc:
-            producer.poll(0)  # serve error_cb: it names the cause (connection refused, name resolution, ...)
+            producer.poll(0)  # serve error_cb and the logs: they name the cause (connection refused, ...)
+            now = time.monotonic()
             reason = errors.last or (exc.args[0].str() if exc.args else str(exc))
+            if KAFKA_LOG.refused(servers, QUICK_REFUSALS) and now - start >= REFUSED_AFTER_S:
+                raise UploadError(f"the broker at {bootstrap} refused the connection ({QUICK_REFUSALS} or more "
+                                  f"tries in {now - start:.1f}s; is it running, on that port?): {reason}") from None
+            if now < deadline:
+                continue
             raise UploadError(f"cannot reach the broker at {bootstrap} within {connect_timeout:g}s: {reason}") from None
         info = metadata.topics.get(topic)
         if info is not None and info.error is None and info.partitions:

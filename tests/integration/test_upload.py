@@ -180,7 +180,7 @@ def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path, topic: str)
     assert time.monotonic() - started < 15
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert "cannot reach the broker at 127.0.0.1:" in lines[0]
+    assert "the broker at 127.0.0.1:" in lines[0]  # refused at once, or not reached in time
 
 
 # -- watch mode ----------------------------------------------------------------
