@@ -43,12 +43,22 @@ def _service_command(args: argparse.Namespace) -> int:
     return service_command(args)
 
 
+def _add_daemon_output_arguments(parser: argparse.ArgumentParser) -> None:
+    from omsd.logging import add_log_arguments
+    from omsd.telemetry.progress import DEFAULT_EVERY_S
+
+    add_log_arguments(parser)
+    parser.add_argument("--progress-every", dest="progress_every", type=float, default=DEFAULT_EVERY_S, metavar="S",
+                        help=f"an info line every S seconds while files flow (default {DEFAULT_EVERY_S:g}; 0: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omsd", description="Move and process data files through Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", required=True, type=Path, help="YAML (or OpenMSIStream INI) config file")
+    _add_daemon_output_arguments(run)
     run.set_defaults(func=_run_command)
 
     download = sub.add_parser("download", help="save every file from a topic into DIR (one 'save' pipeline)")
@@ -61,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from omsd.telemetry.options import add_telemetry_arguments
 
     add_telemetry_arguments(download)
+    _add_daemon_output_arguments(download)
     download.set_defaults(func=_download_command)
 
     from omsd.upload.command import add_upload_arguments

@@ -13,8 +13,9 @@ import structlog
 
 from omsd import exitcodes
 from omsd.config import Config, ConfigError, PipelineConfig, load_config
-from omsd.logging import configure_logging
+from omsd.logging import configure_logging, use_log_level
 from omsd.malloc import tune_malloc
+from omsd.telemetry.progress import DEFAULT_EVERY_S, ProgressLog
 from omsd.telemetry.options import resolve as resolve_telemetry
 from workers.pipeline import validate_pipeline
 
@@ -40,7 +41,7 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
     from omsd.crypto.node import CryptoError
     from omsd.kafka import check_client_configs
@@ -60,7 +61,7 @@ def serve(config: Config) -> int:
         return exitcodes.RET_LOCKED
     try:
         try:
-            supervisor = Supervisor(config)
+            supervisor = Supervisor(config, progress=ProgressLog(progress_every_s))
         except RegistryDamaged as exc:
             code = report_damaged_registry(exc)
             log.info("omsd stopped", exit_code=code)
@@ -74,6 +75,7 @@ def serve(config: Config) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    use_log_level(args.log_level)
     configure_logging(process="supervisor")
     try:
         # The one command that imports the pipelines' step functions: a step that cannot load is a config error.
@@ -81,7 +83,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"omsd: configuration error: {exc}", file=sys.stderr)
         return exitcodes.RET_CONFIG
-    return serve(config)
+    return serve(config, progress_every_s=args.progress_every)
 
 
 def download_config(config: Config, directory: Path, topic: str, *, group_id: str | None = None,
@@ -96,6 +98,7 @@ def download_config(config: Config, directory: Path, topic: str, *, group_id: st
 
 
 def download_command(args: argparse.Namespace) -> int:
+    use_log_level(args.log_level)
     configure_logging(process="supervisor")
     try:
         config = load_config(args.config)
@@ -113,4 +116,4 @@ def download_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"omsd: configuration error: {exc}", file=sys.stderr)
         return exitcodes.RET_CONFIG
-    return serve(config)
+    return serve(config, progress_every_s=args.progress_every)

@@ -7,13 +7,16 @@ wrappers, boto3, ...) go through the same renderer, filtered at the same level.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from typing import Any
 
 import structlog
 
 _HANDLER_NAME = "omsd"
+LEVEL_ENV = "OMSD_LOG_LEVEL"  # the default level; `omsd run --log-level` sets it for the workers too
 
 _LEVELS = {
     "critical": logging.CRITICAL,
@@ -45,16 +48,36 @@ def _bind_static(bound: dict[str, Any]):
     return add_bound
 
 
-def configure_logging(json: bool | None = None, level: str | int = "info", **bound: Any) -> None:
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level LEVEL`` and ``-v`` (debug: a line per file) for the daemon's commands."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--log-level", dest="log_level", type=str.lower, choices=sorted(set(_LEVELS) - {"warn"}),
+                       default=None, help=f"log level of the daemon and its workers (default: ${LEVEL_ENV} or info)")
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                       help="debug level: a line for every file done, from the supervisor and the workers")
+
+
+def use_log_level(level: str | None) -> None:
+    """Make ``level`` the default of this process and of the processes it starts (workers inherit it)."""
+    if level:
+        _level_number(level)  # refuse a bad one here, not in a worker
+        os.environ[LEVEL_ENV] = level
+
+
+def configure_logging(json: bool | None = None, level: str | int | None = None, **bound: Any) -> None:
     """Configure structlog and stdlib logging for this process.
 
     ``json``: True for JSON lines, False for the console renderer, None to
-    choose by whether stderr is a TTY. ``bound`` fields (``process="supervisor"``,
-    ``slot=3``) are added to every log line. Calling again replaces the set-up.
+    choose by whether stderr is a TTY. ``level``: None takes ``$OMSD_LOG_LEVEL``,
+    else info. ``bound`` fields (``process="supervisor"``, ``slot=3``) are added
+    to every log line. Calling again replaces the set-up.
+
+    Events below the level are dropped by the first processor, before any
+    rendering, so a debug line per file costs next to nothing at info level.
     """
     if json is None:
         json = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    level_no = _level_number(level)
+    level_no = _level_number(level if level is not None else os.environ.get(LEVEL_ENV) or "info")
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -34,6 +34,7 @@ from omsd.kafka import KAFKA_LOG, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
+from omsd.telemetry.progress import ProgressLog
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites
@@ -54,7 +55,7 @@ LAG_EVERY_S = 15.0
 class Supervisor:
     """The daemon. ``run()`` returns an exit code from :mod:`omsd.exitcodes`."""
 
-    def __init__(self, config: Config, *, log_json: bool | None = None) -> None:
+    def __init__(self, config: Config, *, log_json: bool | None = None, progress: ProgressLog | None = None) -> None:
         """Build every part (nothing runs yet: :meth:`start` opens, binds, subscribes and spawns).
 
         Raises :class:`RegistryDamaged` (see :func:`report_damaged_registry`) before building anything else.
@@ -103,6 +104,7 @@ class Supervisor:
         self.log_handler = LogTopicHandler(cfg.log.level) if cfg.log else None
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
         self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
+        self.progress = progress or ProgressLog()
         self.retry_schedule = HeartbeatSchedule(min(RETRY_SCAN_EVERY_S, max(1.0, cfg.retry_failed_after_secs)))
         self.lag_schedule = HeartbeatSchedule(LAG_EVERY_S) if cfg.metrics_port is not None else None
 
@@ -316,6 +318,7 @@ class Supervisor:
             self._send_logs()
         if self.ready_sent and self.status_schedule.due(now):
             self.notifier.status(self._status_line())
+        self.progress.tick(self.stats.totals, self._cached_lag)
         if self.config.retry_failed_after_secs > 0 and self.retry_schedule.due(now) \
                 and self.state is DaemonState.RUNNING:
             cutoff = time.time() - self.config.retry_failed_after_secs
@@ -323,6 +326,11 @@ class Supervisor:
         if self.ready_sent and now >= self.next_watchdog and self.health()[0]:
             self.notifier.watchdog()
             self.next_watchdog = now + self.watchdog_every
+
+    def _cached_lag(self) -> int | None:
+        """Messages behind the partitions' ends, from the consumers' last fetches (no broker request)."""
+        lags = [lag for intake in self.intakes for lag in intake.lag(cached=True).values()]
+        return sum(lags) if lags else None
 
     def _wait_for_space(self, now: float) -> None:
         """Retry the state writes that met a full disk; intake stays paused while any still waits."""

@@ -292,6 +292,9 @@ class FileJobs:
         else:
             self.stats.file_failed()
             log.error("file failed", path=job.relative_path, topic=job.topic, error=error)
+        names = [p.name for p in job.pipelines]
+        self.stats.remember(job.relative_path, job.topic, job.size, status, names, error)
+        log.debug("file done", path=job.relative_path, topic=job.topic, size=job.size, status=status, pipelines=names)
         self._finish_file(job, recorded=True)
 
     @staticmethod

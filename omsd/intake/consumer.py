@@ -416,12 +416,14 @@ class Intake:
                      partitions={f"{t}[{p}]": {"committed": c, "finished_messages": d.count()}
                                  for (t, p), (c, d) in sorted(progress.items())})
 
-    def lag(self, timeout: float = 0.2) -> dict[tuple[str, int], int]:
-        """Messages between the committed (safe) offset and the end of each assigned partition."""
+    def lag(self, timeout: float = 0.2, cached: bool = False) -> dict[tuple[str, int], int]:
+        """Messages between the committed (safe) offset and the end of each assigned partition.
+        ``cached``: from the ends the last fetches reported, without asking the broker (never blocks)."""
         out = {}
         for topic, partition in sorted(self.assigned):
             try:
-                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout,
+                                                                cached=cached)
             except Exception:  # noqa: BLE001 - the broker may be away; lag is best effort
                 continue
             if high < 0:

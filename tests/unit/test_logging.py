@@ -63,3 +63,30 @@ def test_default_is_json_when_stderr_is_not_a_tty():
         structlog.get_logger().info("piped")
     """)
     assert json.loads(proc.stderr.splitlines()[-1])["event"] == "piped"
+
+
+def test_events_below_the_level_are_dropped_before_any_rendering():
+    proc = _run("""
+        import os, structlog
+        from omsd.logging import configure_logging, use_log_level
+        rendered = []
+        class Spy:
+            def __repr__(self):
+                rendered.append(1)
+                return "spy"
+            __str__ = __repr__
+        configure_logging(json=True, level="info")
+        log = structlog.get_logger("omsd.test")
+        for _ in range(1000):
+            log.debug("file done", path="a", spy=Spy())
+        print(len(rendered))
+        log.info("shown", spy=Spy())
+        print(len(rendered))
+        use_log_level("debug")  # the default of this process and of the workers it starts
+        configure_logging(json=True)
+        log.debug("now shown")
+        print(os.environ["OMSD_LOG_LEVEL"])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "1", "debug"]  # no debug event was rendered at info level
+    assert [json.loads(line)["event"] for line in proc.stderr.splitlines()] == ["shown", "now shown"]

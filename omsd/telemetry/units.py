@@ -1,0 +1,29 @@
+"""How omsd shows sizes and rates to people: decimal units everywhere (1 MB = 1,000,000 bytes).
+
+The upload's progress, ``omsctl status``, the daemon's progress line and the status page all use
+these, so one number means the same everywhere. (Configuration sizes accept both ``512MB`` and
+``512MiB``; that is input, and means what it says.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def human_bytes(n: Any) -> str:
+    """``1536`` → ``"1.5 kB"``, ``2_500_000`` → ``"2.5 MB"``; non-numbers are shown as they are (None as -)."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "-" if n is None else str(n)
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1000 or unit == _UNITS[-1]:
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_rate(bytes_per_s: Any) -> str:
+    """``2_500_000`` → ``"2.5 MB/s"``."""
+    return "-" if not isinstance(bytes_per_s, (int, float)) else f"{human_bytes(bytes_per_s)}/s"
