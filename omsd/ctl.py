@@ -21,10 +21,13 @@ import psutil
 from omsd import exitcodes
 from omsd.control.client import ControlClient, ControlTimeout, DaemonNotRunning
 from omsd.control.protocol import ControlError
+from omsd.telemetry.units import human_bytes, human_rate
 
 DEFAULT_SOCKET = Path("var/omsd.sock")
 #: Seconds ``stop`` waits beyond the requested graceful-stop timeout.
 STOP_GRACE_S = 10.0
+WATCH_DEFAULT_S = 2.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, clear: redraw in place as top does
 _POLL_S = 0.1
 
 
@@ -56,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
 
     command("check", "health check: prints a JSON report; exit 0 healthy, 1 degraded, "
                      "3 not running")
-    command("status", "show pipelines, partitions, files in progress, workers and totals")
+    status = command("status", "show pipelines, partitions, files in progress, workers and totals "
+                               "(sizes in decimal units: 1 MB = 1,000,000 bytes)")
+    status.description = (status.description + ". Partition offsets: COMMITTED is the group's committed offset "
+                          "(a restart reads from there); SAFE the lowest offset a file in flight still needs "
+                          "(committed up to it within a second); POSITION the next offset the consumer fetches; "
+                          "LAG the messages from COMMITTED to the partition's end.")
+    status.add_argument("--watch", nargs="?", type=float, const=WATCH_DEFAULT_S, default=None, metavar="SECONDS",
+                        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}) with rates, in place on a "
+                             "terminal; Ctrl-C ends")
     stop = command("stop", "ask for a graceful stop and wait until the daemon is gone")
     stop.add_argument("--timeout", type=float, default=60.0, metavar="S",
                       help="graceful-stop time allowed to the daemon, > 0 (default 60)")
@@ -86,18 +97,6 @@ def _socket_path(args: argparse.Namespace) -> Path:
 # -- output helpers -----------------------------------------------------------
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
-
-
-def human_bytes(n: Any) -> str:
-    """``1536`` → ``"1.5 KiB"``; non-numbers are shown as they are."""
-    if not isinstance(n, (int, float)):
-        return "-" if n is None else str(n)
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_duration(seconds: Any) -> str:
@@ -147,16 +146,45 @@ def _section(title: str, rows: Any,
     return [f"{title} ({len(rows)})", format_table(rows, columns), ""]
 
 
+PARTITION_LEGEND = "\n".join([
+    "  COMMITTED: offset committed for the group (a restart reads from here);",
+    "  SAFE: lowest offset still needed by a file in flight (committed up to it within a second);",
+    "  POSITION: next offset the consumer fetches; LAG: messages from COMMITTED to the partition's end."])
+
+
+def format_rates(rates: dict[str, float] | None) -> str:
+    """The ``--watch`` rates line, from two successive status replies."""
+    if not rates:
+        return "Rates: - (after the next refresh)"
+    return (f"Rates: {rates['files_completed']:.1f} files/s, {human_rate(rates['bytes_completed'])} done; "
+            f"read {rates['messages_read']:.0f} messages/s, {human_rate(rates['bytes_read'])}; "
+            f"{rates['files_failed']:.1f} failed/s")
+
+
+def rates_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float] | None:
+    """Per-second rates of the totals between two status replies (None when they cannot be compared)."""
+    t0, t1 = before.get("uptime_s"), after.get("uptime_s")
+    a, b = before.get("totals") or {}, after.get("totals") or {}
+    if not isinstance(t0, (int, float)) or not isinstance(t1, (int, float)) or t1 <= t0 \
+            or before.get("pid") != after.get("pid"):
+        return None
+    keys = ("files_completed", "bytes_completed", "files_failed", "messages_read", "bytes_read")
+    return {k: max(0.0, (b.get(k, 0) - a.get(k, 0)) / (t1 - t0)) for k in keys}
+
+
 def format_status(reply: dict[str, Any]) -> str:
     """The ``status`` reply as readable text; missing keys are skipped or shown as ``-``."""
     out = [f"omsd pid {_cell(reply.get('pid'))}, state {_cell(reply.get('state'))}, "
            f"up {human_duration(reply.get('uptime_s'))}", ""]
     out += _section("Pipelines", reply.get("pipelines"), [
         ("name", "NAME", _cell), ("topic", "TOPIC", _cell), ("group", "GROUP", _cell)])
-    out += _section("Partitions", reply.get("partitions"), [
+    partitions = _section("Partitions", reply.get("partitions"), [
         ("group", "GROUP", _cell), ("topic", "TOPIC", _cell), ("partition", "PART", _cell),
         ("committed", "COMMITTED", _cell), ("watermark", "SAFE", _cell),
-        ("position", "POSITION", _cell), ("paused", "PAUSED", _cell)])
+        ("position", "POSITION", _cell), ("lag", "LAG", _cell), ("paused", "PAUSED", _cell)])
+    if len(partitions) == 3:  # a table: say what its offsets mean
+        partitions.insert(2, PARTITION_LEGEND)
+    out += partitions
     out += _section("Files in progress", reply.get("in_progress"), [
         ("path", "PATH", _cell), ("chunks_received", "CHUNKS", _cell),
         ("chunks_total", "OF", _cell), ("bytes", "BYTES", human_bytes),
@@ -177,8 +205,8 @@ def format_status(reply: dict[str, Any]) -> str:
             "Totals:",
             f"  read      {_cell(totals.get('messages_read'))} messages, "
             f"{human_bytes(totals.get('bytes_read'))}",
-            f"  files     {_cell(totals.get('files_completed'))} completed, "
-            f"{_cell(totals.get('files_failed'))} failed",
+            f"  files     {_cell(totals.get('files_completed'))} completed "
+            f"({human_bytes(totals.get('bytes_completed'))}), {_cell(totals.get('files_failed'))} failed",
             f"  produced  {_cell(totals.get('messages_produced'))} messages, "
             f"{human_bytes(totals.get('bytes_produced'))}",
             ""]
@@ -267,7 +295,30 @@ def _show(client: ControlClient, args: argparse.Namespace, cmd: str, render: Cal
 
 
 def _cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
-    return _show(client, args, "status", format_status)
+    if args.watch is None:
+        return _show(client, args, "status", format_status)
+    if not args.watch > 0:
+        raise _Failure("omsctl: --watch needs a number of seconds > 0", exitcodes.RET_USAGE)
+    return _watch(client, args.watch, tty=sys.stdout.isatty())
+
+
+def _watch(client: ControlClient, every_s: float, *, tty: bool) -> int:
+    """``status --watch``: the status again every ``every_s`` seconds, with rates, like ``top``."""
+    previous: dict[str, Any] | None = None
+    try:
+        while True:
+            reply = _request(client, "status")
+            rates = rates_between(previous, reply) if previous is not None else None
+            screen = f"{format_rates(rates)}   (every {every_s:g} s; Ctrl-C ends)\n\n{format_status(reply)}"
+            if tty:
+                sys.stdout.write(CLEAR_SCREEN + screen + "\n")
+            else:
+                sys.stdout.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{screen}\n\n")
+            sys.stdout.flush()
+            previous = reply
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return exitcodes.RET_OK
 
 
 def _process_gone(pid: int, create_time: float | None) -> bool:

@@ -35,6 +35,7 @@ from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.telemetry.progress import ProgressLog
+from omsd.telemetry.units import human_bytes
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites
@@ -353,8 +354,8 @@ class Supervisor:
         totals = self.stats.totals
         in_progress = sum(len(i.assembler.files) for i in self.intakes)
         return (f"{totals['files_completed']} files done, {totals['files_failed']} failed, {in_progress} assembling, "
-                f"{self.pool.pending()} queued; staging {self.staging.memory_used >> 20} MiB memory, "
-                f"{self.staging.spill_used >> 20} MiB spill")
+                f"{self.pool.pending()} queued; staging {human_bytes(self.staging.memory_used)} memory, "
+                f"{human_bytes(self.staging.spill_used)} spill")
 
     # -- what the control socket sees (omsd.control.handlers.DaemonView) ---------------------------------
     def health(self) -> tuple[bool, list[str]]:

@@ -432,18 +432,30 @@ class Intake:
             out[(topic, partition)] = max(0, high - (committed if committed is not None else max(low, 0)))
         return out
 
+    def _positions(self) -> dict[tuple[str, int], int]:
+        """The next offset the consumer fetches, per assigned partition (known locally; no broker request)."""
+        try:
+            found = self.consumer.position([TopicPartition(t, p) for t, p in sorted(self.assigned)])
+        except Exception:  # noqa: BLE001 - shown as "-" when librdkafka cannot say
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def close(self) -> None:
         self.commit(force=True)
         self.consumer.close()
         self._hashers.shutdown(wait=False)
 
     def describe_partitions(self) -> list[dict]:
+        """One row per partition for `omsctl status`: committed, safe (watermark), position, lag."""
         out = []
+        positions = self._positions()
+        lags = self.lag(cached=True)
         for topic, partition in sorted(self.assigned | self.watermarks.partitions()):
             tp = (topic, partition)
             committed = self.watermarks.committed_offset(tp)
             out.append({"group": self.group_id, "topic": topic, "partition": partition,
                         "committed": committed if committed not in (None, OFFSET_INVALID) else None,
-                        "watermark": self.watermarks.safe(tp), "assigned": tp in self.assigned,
+                        "watermark": self.watermarks.safe(tp), "position": positions.get(tp), "lag": lags.get(tp),
+                        "assigned": tp in self.assigned,
                         "paused": self.flow.paused, "pause_reasons": sorted(r.value for r in self.flow.reasons)})
         return out

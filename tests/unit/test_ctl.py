@@ -150,9 +150,67 @@ def test_status_human_output(daemon, sock, capsys):
     out = capsys.readouterr().out
     assert "pid 4242" in out and "RUNNING" in out and "1h 02m 03s" in out
     for text in ("Pipelines", "raw_files", "omsd-mirror", "Partitions", "run1/scan.dat",
-                 "1.5 MiB", "Staging: memory 1.0 MiB of 512.0 MiB", "Workers", "5001",
+                 "1.6 MB", "Staging: memory 1.0 MB of 536.9 MB", "Workers", "5001",
                  "bad_hash 2", "step s3 failed", "Handover: topic omsd.handover in use; 9 messages skipped"):
         assert text in out, text
+
+
+def test_status_partitions_have_position_and_lag_and_say_what_they_mean(daemon, sock, capsys):
+    daemon.replies["status"] = {"pid": 1, "partitions": [
+        {"group": "g", "topic": "t", "partition": 0, "committed": 10, "watermark": 12, "position": 15, "lag": 9,
+         "paused": False}]}
+    assert run(sock, "status") == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "COMMITTED" in line and "POSITION" in line)
+    row = out.splitlines()[out.splitlines().index(header) + 1].split()
+    assert row == ["g", "t", "0", "10", "12", "15", "9", "no"]
+    assert "COMMITTED: offset committed for the group" in out and "SAFE: lowest offset still needed" in out
+
+
+def test_watch_rates_from_two_replies() -> None:
+    before = {"pid": 1, "uptime_s": 10.0, "totals": {"files_completed": 10, "bytes_completed": 1_000_000,
+                                                      "messages_read": 100, "bytes_read": 2_000_000}}
+    after = {"pid": 1, "uptime_s": 12.0, "totals": {"files_completed": 30, "bytes_completed": 9_000_000,
+                                                     "messages_read": 300, "bytes_read": 10_000_000}}
+    rates = ctl.rates_between(before, after)
+    assert rates["files_completed"] == 10.0 and rates["bytes_completed"] == 4_000_000
+    assert ctl.format_rates(rates).startswith("Rates: 10.0 files/s, 4.0 MB/s done; read 100 messages/s, 4.0 MB/s")
+    assert ctl.rates_between(before, {**after, "pid": 2}) is None  # another daemon: no rate
+    assert ctl.format_rates(None).startswith("Rates: -")
+
+
+def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it(daemon, sock):
+    import os
+    import pty
+    import signal
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "omsd.ctl", "--socket", str(sock), "status", "--watch", "0.2"],
+                            stdout=slave, stderr=subprocess.PIPE, text=False)
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + 30
+    while output.count(ctl.CLEAR_SCREEN.encode()) < 2 and time.monotonic() < deadline:
+        output += os.read(master, 65536)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    os.close(master)
+    screens = output.decode().split(ctl.CLEAR_SCREEN)[1:]
+    assert len(screens) >= 2 and all("Rates:" in screen and "Workers" in screen for screen in screens)
+
+
+def test_watch_without_a_terminal_prints_one_screen_after_another(daemon, sock):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "omsd.ctl", "--socket", str(sock), "status", "--watch", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, _err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert ctl.CLEAR_SCREEN not in out and out.count("\n--- ") + out.startswith("--- ") >= 2
 
 
 def test_status_json_prints_reply(daemon, sock, capsys):
