@@ -34,7 +34,8 @@ from omsd.kafka import KAFKA_LOG, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.telemetry.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
-from omsd.telemetry.progress import ProgressLog
+from omsd.telemetry.progress import ProgressLog, total_lag
+from omsd.telemetry.statuspage import StatusBoard
 from omsd.telemetry.units import human_bytes
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
@@ -106,6 +107,7 @@ class Supervisor:
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
         self.status_schedule = HeartbeatSchedule(STATUS_EVERY_S)
         self.progress = progress or ProgressLog()
+        self.status_board = StatusBoard()  # the status page asks through it; the main loop answers
         self.retry_schedule = HeartbeatSchedule(min(RETRY_SCAN_EVERY_S, max(1.0, cfg.retry_failed_after_secs)))
         self.lag_schedule = HeartbeatSchedule(LAG_EVERY_S) if cfg.metrics_port is not None else None
 
@@ -115,7 +117,8 @@ class Supervisor:
         self._install_signal_handlers()  # first: a stop during start-up is still graceful
         self.staging.open()
         if cfg.metrics_port is not None:
-            self.metrics.start_http(cfg.metrics_port)  # before joining the group: a busy port fails start-up
+            # Before joining the group: a busy port fails start-up. The status page is served there too.
+            self.metrics.start_http(cfg.metrics_port, status=self.status_board)
         # Subscribe first: the group join (about a second) overlaps with the workers' start-up. Nothing is
         # read before the main loop polls.
         for intake in self.intakes:
@@ -312,6 +315,7 @@ class Supervisor:
         self.metrics.set_staging_bytes("memory", self.staging.memory_used)
         self.metrics.set_staging_bytes("spill", self.staging.spill_used)
         self.control.poll(0)
+        self.status_board.serve(self.status)
         if self.heartbeat is not None and self.heartbeat.due(now):
             key, value = heartbeat_message(self.config.heartbeat.program_id, self.stats.counters.snapshot_and_reset())
             self._produce(self.config.heartbeat.topic, key, value, None)
@@ -319,7 +323,7 @@ class Supervisor:
             self._send_logs()
         if self.ready_sent and self.status_schedule.due(now):
             self.notifier.status(self._status_line())
-        self.progress.tick(self.stats.totals, self._cached_lag)
+        self.progress.tick(self.stats.totals, lambda: total_lag(self.intakes))
         if self.config.retry_failed_after_secs > 0 and self.retry_schedule.due(now) \
                 and self.state is DaemonState.RUNNING:
             cutoff = time.time() - self.config.retry_failed_after_secs
@@ -327,11 +331,6 @@ class Supervisor:
         if self.ready_sent and now >= self.next_watchdog and self.health()[0]:
             self.notifier.watchdog()
             self.next_watchdog = now + self.watchdog_every
-
-    def _cached_lag(self) -> int | None:
-        """Messages behind the partitions' ends, from the consumers' last fetches (no broker request)."""
-        lags = [lag for intake in self.intakes for lag in intake.lag(cached=True).values()]
-        return sum(lags) if lags else None
 
     def _wait_for_space(self, now: float) -> None:
         """Retry the state writes that met a full disk; intake stays paused while any still waits."""
@@ -366,7 +365,8 @@ class Supervisor:
     def status(self) -> dict:
         return status_report(state=self.state, uptime_s=time.time() - self.started, config=self.config,
                              intakes=self.intakes, staging=self.staging, pool=self.pool, stats=self.stats,
-                             handover=self.handover, disk=self.writes.describe())
+                             handover=self.handover, disk=self.writes.describe(), failed=self.registry.failed(),
+                             history=self.metrics.history.snapshot(p.name for p in self.config.pipelines))
 
     def failed_files(self) -> list[dict]:
         return self.registry.failed()

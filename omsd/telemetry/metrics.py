@@ -7,11 +7,14 @@ started when configured (``start_http``). Every name starts with ``omsd_``.
 from __future__ import annotations
 
 import threading
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition
+
+from omsd.telemetry.history import History
+from omsd.telemetry.statuspage import StatusBoard, status_app
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +58,7 @@ class Metrics:
         self.step_duration = Histogram(
             "omsd_step_duration_seconds", "Time one pipeline step took for one file.",
             ["pipeline", "step"], buckets=STEP_BUCKETS, registry=reg)
+        self.history = History()  # the last 15 minutes per pipeline, for the status page
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -63,10 +67,12 @@ class Metrics:
         """Count one file of ``n_bytes`` completed by ``pipeline``."""
         self.files_completed.labels(pipeline=pipeline).inc()
         self.bytes_completed.labels(pipeline=pipeline).inc(n_bytes)
+        self.history.add(pipeline, n_bytes)
 
     def file_failed(self, pipeline: str) -> None:
         """Count one file failed in ``pipeline``."""
         self.files_failed.labels(pipeline=pipeline).inc()
+        self.history.add(pipeline, 0, failed=True)
 
     def worker_restarted(self, slot: int) -> None:
         """Count one restart of the worker in ``slot``."""
@@ -105,14 +111,20 @@ class Metrics:
         """The metrics in the Prometheus text format."""
         return exposition.generate_latest(self.registry)
 
-    def start_http(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` from a background thread; returns the bound port."""
+    def start_http(self, port: int, addr: str = "127.0.0.1", status: StatusBoard | None = None) -> int:
+        """Serve ``/metrics`` (and, given ``status``, the status page on ``/`` and ``/status.json``) from a
+        background thread; returns the bound port."""
         if self._server is not None:
             raise RuntimeError("metrics HTTP server already started")
-        self._server, self._thread = exposition.start_http_server(
-            port, addr=addr, registry=self.registry)
+        app = exposition.make_wsgi_app(self.registry)
+        if status is not None:
+            app = status_app(app, status)
+        self._server = make_server(addr, port, app, exposition.ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="omsd-metrics-http", daemon=True)
+        self._thread.start()
         bound = int(self._server.server_port)
-        log.info("metrics endpoint listening", addr=addr, port=bound)
+        log.info("metrics endpoint listening", addr=addr, port=bound,
+                 status_page=f"http://{addr}:{bound}/" if status is not None else None)
         return bound
 
     def stop_http(self) -> None:
@@ -124,3 +136,10 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr (the daemon's log is structured JSON)."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass

@@ -11,7 +11,8 @@ Per-file lines ("file done", and the workers' "file saved") are at debug level (
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 
@@ -20,6 +21,12 @@ from omsd.telemetry.units import human_bytes
 log = structlog.get_logger(__name__)
 
 DEFAULT_EVERY_S = 10.0
+
+
+def total_lag(intakes: Iterable[Any]) -> int | None:
+    """Messages behind the partitions' ends over every consumer, from their last fetches (no broker request)."""
+    lags = [lag for intake in intakes for lag in intake.lag(cached=True).values()]
+    return sum(lags) if lags else None
 
 
 class ProgressLog:

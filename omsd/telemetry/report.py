@@ -60,8 +60,9 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
 
 def status_report(*, state: DaemonState, uptime_s: float, config: Config, intakes: Sequence[Intake],
                   staging: Staging, pool: WorkerPool, stats: Stats, handover: HandoverLog | None,
-                  disk: dict | None = None) -> dict[str, Any]:
-    """Everything ``omsctl status`` shows (JSON-ready)."""
+                  disk: dict | None = None, history: dict | None = None,
+                  failed: list[dict] | None = None) -> dict[str, Any]:
+    """Everything ``omsctl status`` and the status page show (JSON-ready)."""
     now = time.monotonic()
     rejected: dict[str, int] = {}
     for intake in intakes:
@@ -83,6 +84,10 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
         "decryption": [{"group": i.group_id, **i.decryptor.describe()} for i in intakes if i.decryptor is not None],
         "recent_rejections": [r for intake in intakes for r in intake.recent_rejections][-RECENT_SHOWN:],
         "recent_errors": stats.recent_errors[-RECENT_SHOWN:],
+        "recent_files": list(stats.recent_files),
+        "failed_files": (failed or [])[:RECENT_SHOWN],
+        "failed_count": len(failed or []),
+        "history": history,
     }
 
 
