@@ -12,8 +12,6 @@ import logging
 import os
 import re
 import signal
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from omsd.telemetry.options import add_telemetry_arguments
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
 from omsd.upload.keys import DEFAULT_KEY_LINGER_S, linger_for_keys, open_node_or_report
+from omsd.upload.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S, Progress
 from omsd.upload.engine import (
     CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader,
     collect_files,
@@ -104,48 +103,10 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
                                           "answering key requests for S seconds so downloaders can decrypt "
                                           f"(default {DEFAULT_KEY_LINGER_S:g}; not with --watch, which stays up)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary, only errors")
+    parser.add_argument("--progress-every", dest="progress_every", type=float, default=PROGRESS_EVERY_S,
+                        metavar="S", help="without a terminal, a progress line every S seconds "
+                                          f"(default {PROGRESS_EVERY_S:g}; 0: none)")
     add_telemetry_arguments(parser, "watch: heartbeats and log topic")
-
-
-class Progress:
-    """A progress line on a terminal and a final summary on stderr."""
-
-    def __init__(self, total_files: int | None, total_bytes: int | None, *, quiet: bool) -> None:
-        self.total_files, self.total_bytes = total_files, total_bytes
-        self.quiet = quiet
-        self.tty = not quiet and sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.files = 0
-        self.bytes = 0
-        self._next_draw = 0.0
-
-    def file_done(self, job: FileJob) -> None:
-        if job.error is None:
-            self.files += 1
-            self.bytes += job.size
-
-    def rate(self, nbytes: int) -> float:
-        return nbytes / max(time.monotonic() - self.start, 1e-6) / 1e6
-
-    def draw(self, sent_bytes: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.tty or (now < self._next_draw and not force):
-            return
-        self._next_draw = now + 0.25
-        of_files = f"/{self.total_files}" if self.total_files is not None else ""
-        of_bytes = f"/{self.total_bytes / 1e6:.1f}" if self.total_bytes is not None else ""
-        print(f"\r{self.files}{of_files} files  {sent_bytes / 1e6:.1f}{of_bytes} MB  "
-              f"{self.rate(sent_bytes):.1f} MB/s   ", end="", file=sys.stderr, flush=True)
-
-    def summary(self, topic: str, failed: int, unsent: int) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.start
-        tail = (f", {failed} failed" if failed else "") + (f", {unsent} not sent" if unsent else "")
-        print(f"uploaded {self.files} file{'s' if self.files != 1 else ''} ({self.bytes / 1e6:.1f} MB) "
-              f"to '{topic}' in {elapsed:.2f}s ({self.rate(self.bytes):.1f} MB/s){tail}", file=sys.stderr, flush=True)
 
 
 def upload_command(args: argparse.Namespace) -> int:
@@ -208,7 +169,7 @@ def upload_command(args: argparse.Namespace) -> int:
 
 def _upload_files(producer: Producer, partitions: int | None, entries: list[FileEntry], total_bytes: int,
                   args: argparse.Namespace, encrypt: Callable[[str, str, bytes], tuple] | None = None) -> int:
-    progress = Progress(len(entries), total_bytes, quiet=args.quiet)
+    progress = Progress(len(entries), total_bytes, quiet=args.quiet, every_s=args.progress_every)
     failed: list[FileJob] = []
 
     def done(job: FileJob) -> None:
@@ -231,11 +192,11 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
             uploader.submit(entry)
         while not uploader.idle and not stop:
             uploader.pump(0.1)
-            progress.draw(uploader.bytes_produced)
+            progress.draw(uploader)
         if stop:
             uploader.abort()
         left = uploader.finish(timeout=30 if stop else None)
-        progress.draw(uploader.bytes_produced, force=True)
+        progress.draw(uploader, force=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -9,6 +9,7 @@ unless the file-affine partitioning is turned off.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import queue
@@ -198,7 +199,9 @@ class Uploader:
         self.partitions = partitions
         self.on_done = on_done
         self.encrypt = encrypt  # KafkaCrypto: (topic, key, value) → encrypted (key, value), in the reader threads
-        self.bytes_produced = 0
+        self.bytes_produced = 0  # file bytes handed to librdkafka ("sent")
+        self.bytes_acked = 0  # ... and acknowledged by the broker
+        self.files_sent = 0  # files whose every chunk was sent (acknowledged ones: on_done without error)
         self.acked = Counters()
         self.pending: set[FileJob] = set()
         self._jobs: queue.Queue[FileJob | None] = queue.Queue()
@@ -245,13 +248,15 @@ class Uploader:
         job: FileJob = item[0]
         if len(item) == 1:  # end of the file's chunks (or error, or skipped)
             job.read_done = True
+            if job.error is None and not job.skipped:
+                self.files_sent += 1  # every chunk handed to librdkafka; acknowledged later
             job.check_finished()
             return
         _, key, value, partition, nbytes = item
         while True:
             try:
                 self.producer.produce(self.topic, value=value, key=key, partition=partition,
-                                      on_delivery=job.delivered)
+                                      on_delivery=functools.partial(self._delivered, job, nbytes))
                 break
             except BufferError:  # librdkafka's queue is full: let deliveries drain it
                 self.producer.poll(0.05)
@@ -260,6 +265,11 @@ class Uploader:
                 return
         job.n_produced += 1
         self.bytes_produced += nbytes
+
+    def _delivered(self, job: FileJob, nbytes: int, err: KafkaError | None, msg: object) -> None:
+        if err is None:
+            self.bytes_acked += nbytes
+        job.delivered(err, msg)
 
     def finish(self, timeout: float | None = None) -> int:
         """Stop the readers (after queued files) and wait for deliveries; return undelivered count."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,58 @@ def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path, topic: str)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "the broker at 127.0.0.1:" in lines[0]  # refused at once, or not reached in time
+
+
+PROGRESS = re.compile(r"sent (\d+)/(\d+) files, ([\d.]+ [kMG]?B)/([\d.]+ [kMG]?B); "
+                      r"acknowledged (\d+) files, ([\d.]+ [kMG]?B); [\d.]+ [kMG]?B/s")
+
+
+def test_progress_without_a_terminal_says_sent_and_acknowledged(broker: EmbeddedBroker, topic: str,
+                                                                  tmp_path: Path) -> None:
+    config = write_config(tmp_path / "omsd.yaml", broker.bootstrap)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}.bin").write_bytes(os.urandom(8_000_000))
+    proc = omsd_upload(data, "--config", config, "--topic", topic, "--progress-every", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    progress = [PROGRESS.fullmatch(line) for line in lines[:-1]]
+    assert progress and all(progress), lines  # lines, not redraws: no terminal
+    for m in progress:
+        sent, total, acked = int(m.group(1)), int(m.group(2)), int(m.group(5))
+        assert total == 3 and acked <= sent <= 3 and m.group(4) == "24.0 MB"
+    assert lines[-1].startswith(f"uploaded 3 files (24.0 MB) to '{topic}'")
+    quiet = omsd_upload(data, "--config", config, "--topic", topic, "--progress-every", "0")
+    assert quiet.returncode == 0 and len(quiet.stderr.strip().splitlines()) == 1  # only the summary
+
+
+def test_progress_on_a_terminal_is_redrawn_and_ends_with_everything_acknowledged(broker: EmbeddedBroker, topic: str,
+                                                                                 tmp_path: Path) -> None:
+    import pty
+
+    config = write_config(tmp_path / "omsd.yaml", broker.bootstrap)
+    (tmp_path / "a.bin").write_bytes(os.urandom(3_000_000))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "omsd.cli", "upload", str(tmp_path / "a.bin"), "--config",
+                             str(config), "--topic", topic], cwd=ROOT, stderr=slave, stdout=slave)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(60) == 0
+    os.close(master)
+    text = output.decode()
+    redraws = [part.strip() for part in text.split("\r") if PROGRESS.match(part.strip())]
+    final = PROGRESS.match(redraws[-1])
+    assert final.group(1) == final.group(2) == final.group(5) == "1", redraws  # sent 1/1, acknowledged 1
+    assert final.group(3) == final.group(4) == final.group(6) == "3.0 MB"  # bytes agree with files
 
 
 # -- watch mode ----------------------------------------------------------------
