@@ -32,7 +32,7 @@ from omsd.intake.flow import PauseReason
 from omsd.dispatch.jobs import FileJobs
 from omsd.kafka import KAFKA_LOG, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
-from omsd.telemetry.report import assess_health, status_report
+from omsd.report import assess_health, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.telemetry.progress import ProgressLog, total_lag
 from omsd.telemetry.statuspage import StatusBoard
@@ -44,6 +44,7 @@ from omsd.intake.staging import Staging
 from omsd.states import DaemonState, transition
 from omsd.telemetry.totals import Stats
 from omsd.telemetry.systemd import Notifier, watchdog_interval
+from workers.messages import MessageKind
 
 log = structlog.get_logger(__name__)
 
@@ -245,14 +246,13 @@ class Supervisor:
 
     # -- worker reports --------------------------------------------------------------------------
     def handle_worker_events(self) -> None:
-        for slot, message, task in self.pool.events(timeout=0):
-            kind = message.get("type")
-            if kind == "step":
-                self.jobs.on_step(message["task_id"], message["outcome"])
-            elif kind == "result":
-                self.jobs.on_result(message["task_id"], message)
-            elif kind == "boot_failed":
-                self.stats.error(f"worker {slot.index} failed to boot: {message.get('error')}")
+        for slot, message in self.pool.events(timeout=0):
+            if message.kind is MessageKind.STEP:
+                self.jobs.on_step(message)
+            elif message.kind is MessageKind.RESULT:
+                self.jobs.on_result(message)
+            elif message.kind is MessageKind.BOOT_FAILED:
+                self.stats.error(f"worker {slot.index} failed to boot: {message.error}")
         self.producer.poll(0)
 
     def _produce(self, topic: str, key: str, value: bytes, callback: object) -> None:

@@ -1,14 +1,11 @@
 """Worker process entry point: verify each completed file and run its pipelines.
 
 Started with the ``spawn`` method by the supervisor's pool; never imports
-confluent_kafka. Talks to the supervisor over one duplex pipe:
-
-    supervisor → worker   {"task_id", "ref": {"path", "size"}, "file": {...}, "pipelines": [...], "done": {...},
-                           "chunks": [(chunk_i, offset, length, sha512), ...]}
-                          or None to stop
-    worker → supervisor   {"type": "ready"}
-                          {"type": "step", "task_id", "outcome": {...}}      after each finished step
-                          {"type": "result", "task_id", "status", ...}      when the file is finished
+confluent_kafka. Talks to the supervisor over one duplex pipe, in the messages
+of :mod:`workers.messages`: it receives :class:`FileTask` messages (then
+:class:`Stop`), and answers :class:`Ready` once booted (:class:`BootFailed` if
+it cannot build its pipelines), a :class:`StepFinished` after each finished
+step and a :class:`FileResult` when a file is done.
 
 The supervisor may send several tasks before the first is finished; they are
 worked through in order. Reports are held while more tasks are waiting (at
@@ -29,6 +26,9 @@ from typing import Any
 from omsd.exitcodes import RET_WORKER_BOOT
 from workers.durability import make_durable
 from workers.mapped import for_each_window
+from workers.messages import (
+    BootFailed, FileResult, FileTask, MessageKind, Produced, Ready, ResultStatus, StepFinished, StepStatus,
+)
 from workers.outbox import Outbox
 
 BLOCK = 8 << 20
@@ -63,13 +63,15 @@ def bad_chunks(path: str, chunks: Any) -> list[int]:
     return bad
 
 
-def _outcome_dict(outcome: Any) -> dict:
-    return {"pipeline": outcome.pipeline, "index": outcome.index, "kind": outcome.kind, "status": outcome.status,
-            "attempts": outcome.attempts, "error": outcome.error, "duration_s": outcome.duration_s,
-            "messages": [(m.topic, m.key, m.value) for m in outcome.messages]}
+def step_finished(task_id: int, outcome: Any) -> StepFinished:
+    """The message for one of the pipeline's step outcomes."""
+    return StepFinished(task_id=task_id, pipeline=outcome.pipeline, index=outcome.index, step=outcome.kind,
+                        status=StepStatus(outcome.status), attempts=outcome.attempts, error=outcome.error,
+                        duration_s=outcome.duration_s,
+                        produced=tuple(Produced(m.topic, m.key, m.value) for m in outcome.messages))
 
 
-def process(task: dict, runners: dict[str, Any], send: Any, saved: Any = None) -> dict:
+def process(task: FileTask, runners: dict[str, Any], send: Any, saved: Any = None) -> FileResult:
     """Verify one staged file and run the requested pipelines on it; returns the result message.
 
     While a thread hashes a file larger than :data:`INLINE_HASH_MAX`, the pipelines' first steps may work ahead
@@ -84,18 +86,18 @@ def process(task: dict, runners: dict[str, Any], send: Any, saved: Any = None) -
     """
     from workers.datafile import DataFile
 
-    ref, meta = task["ref"], task["file"]
+    meta = task.file
     started = time.monotonic()
-    datafile = DataFile(staged_path=ref["path"], size=ref["size"], subdir_str=meta["subdir_str"],
-                        filename=meta["filename"], file_hash=meta["file_hash"], file_mtime=meta["file_mtime"],
-                        topic=meta["topic"], filename_append=meta.get("filename_append", ""))
-    if ref["size"] <= INLINE_HASH_MAX:
-        actual = file_sha512(ref["path"], ref["size"])
+    datafile = DataFile(staged_path=task.path, size=task.size, subdir_str=meta.subdir_str,
+                        filename=meta.filename, file_hash=meta.file_hash, file_mtime=meta.file_mtime,
+                        topic=meta.topic, filename_append=meta.filename_append)
+    if task.size <= INLINE_HASH_MAX:
+        actual = file_sha512(task.path, task.size)
     else:
-        hashing = _hasher().submit(file_sha512, ref["path"], ref["size"])
+        hashing = _hasher().submit(file_sha512, task.path, task.size)
         try:
-            for name in task["pipelines"]:
-                runners[name].prepare(datafile, task["done"].get(name, ()))  # failures here are left to run()
+            for name in task.pipelines:
+                runners[name].prepare(datafile, task.done.get(name, ()))  # failures here are left to run()
         finally:
             wait([hashing])  # the next file must not start while this one is still being hashed
         try:
@@ -103,23 +105,23 @@ def process(task: dict, runners: dict[str, Any], send: Any, saved: Any = None) -
         except BaseException:
             datafile.discard_prepared()
             raise
-    if actual != meta["file_hash"]:
+    if actual != meta.file_hash:
         datafile.discard_prepared()
-        bad = bad_chunks(ref["path"], task.get("chunks", ()))
+        bad = bad_chunks(task.path, task.chunks)
         detail = f"chunks {bad} do not match their hashes" if bad else "every chunk matches its own hash"
-        return {"type": "result", "task_id": task["task_id"], "status": "hash_mismatch", "bad_chunks": bad,
-                "error": f"whole-file sha512 mismatch ({ref['size']} bytes assembled; {detail})"}
+        return FileResult(task_id=task.task_id, status=ResultStatus.HASH_MISMATCH, bad_chunks=tuple(bad),
+                          error=f"whole-file sha512 mismatch ({task.size} bytes assembled; {detail})")
     results: dict[str, bool] = {}
     try:
-        for name in task["pipelines"]:
+        for name in task.pipelines:
             runner = runners[name]
-            done = set(task["done"].get(name, ()))
+            done = set(task.done.get(name, ()))
 
             def on_step(outcome: Any) -> None:
                 written = datafile.take_unsynced()  # the step's files are made durable before it is reported
                 if written:
                     (saved or make_durable)(written)
-                send({"type": "step", "task_id": task["task_id"], "outcome": _outcome_dict(outcome)})
+                send(step_finished(task.task_id, outcome))
 
             datafile.full_filepath = None
             results[name] = runner.run(datafile, done, on_step)
@@ -129,8 +131,8 @@ def process(task: dict, runners: dict[str, Any], send: Any, saved: Any = None) -
         written = datafile.take_unsynced()
         if written:
             (saved or make_durable)(written)
-    return {"type": "result", "task_id": task["task_id"], "status": "ok", "pipelines": results,
-            "duration_s": time.monotonic() - started}
+    return FileResult(task_id=task.task_id, status=ResultStatus.OK, pipelines=results,
+                      duration_s=time.monotonic() - started)
 
 
 _HASHER: ThreadPoolExecutor | None = None
@@ -180,11 +182,11 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
     except Exception as exc:  # noqa: BLE001 - any failure here is a boot failure
         log.error("worker failed to boot", error=repr(exc))
         try:
-            conn.send({"type": "boot_failed", "error": repr(exc)})
+            conn.send(BootFailed(error=repr(exc)))
         finally:
             sys.exit(RET_WORKER_BOOT)
     assert "confluent_kafka" not in sys.modules, "workers must not import confluent_kafka"
-    conn.send({"type": "ready", "pid": os.getpid()})
+    conn.send(Ready(pid=os.getpid()))
     # Reports wait in the outbox while more files are in hand, so that the files saved for them are made
     # durable together (see workers.outbox); with nothing more in hand they are sent at once.
     outbox = Outbox(conn.send)
@@ -196,14 +198,14 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
                 task = conn.recv()
             except (EOFError, OSError):
                 return  # the supervisor is gone
-            if task is None:
+            if task.kind is MessageKind.STOP:
                 outbox.close()
                 return
             try:
                 result = process(task, runners, outbox.put, outbox.saved)
             except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker
-                log.exception("file processing raised", path=task.get("file", {}).get("relative_path"))
-                result = {"type": "result", "task_id": task["task_id"], "status": "error", "error": repr(exc)}
+                log.exception("file processing raised", path=task.file.relative_path)
+                result = FileResult(task_id=task.task_id, status=ResultStatus.ERROR, error=repr(exc))
             outbox.put(result)
             if outbox.due():
                 outbox.flush()

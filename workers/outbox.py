@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from workers.durability import make_durable
+from workers.messages import FileResult, FromWorker, MessageKind, ResultStatus
 
 FLUSH_AFTER_S = 0.02  # a report waits at most about this long (plus the file in progress) for the next ones
 FLUSH_EVERY = 8  # results handed on together at most: the supervisor refills the worker while it works on
 
-_Group = tuple[list[dict], list[Path]]
+_Group = tuple[list[FromWorker], list[Path]]
 
 
 class Outbox:
@@ -39,7 +40,7 @@ class Outbox:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._messages: list[dict] = []
+        self._messages: list[FromWorker] = []
         self._unsynced: list[Path] = []
         self._since: float | None = None
         self._results = 0
@@ -52,13 +53,13 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._messages)
 
-    def put(self, message: dict) -> None:
+    def put(self, message: FromWorker) -> None:
         """Hold one report (a step outcome or a result)."""
         with self._lock:
             if self._since is None:
                 self._since = time.monotonic()
             self._messages.append(message)
-            self._results += message.get("type") == "result"
+            self._results += message.kind is MessageKind.RESULT
 
     def saved(self, paths: list[Path]) -> None:
         """Files written for the next reports: made durable before any report after this call is sent."""
@@ -123,7 +124,7 @@ class Outbox:
                 return
 
 
-def _failed(messages: list[dict], error: str) -> list[dict]:
+def _failed(messages: list[FromWorker], error: str) -> list[FromWorker]:
     """The held results turned into errors, without the step outcomes that would record saves."""
-    return [{"type": "result", "task_id": m["task_id"], "status": "error", "error": error}
-            for m in messages if m.get("type") == "result"]
+    return [FileResult(task_id=m.task_id, status=ResultStatus.ERROR, error=error)
+            for m in messages if m.kind is MessageKind.RESULT]

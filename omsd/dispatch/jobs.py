@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -26,11 +26,12 @@ from omsd.config import PipelineConfig
 from omsd.intake.consumer import Intake
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import Task, WorkerPool
-from omsd.wire.protocol import Chunk, ProtocolError
+from omsd.wire.protocol import ProtocolError
 from omsd.registry import Registry, RegistryFull
 from omsd.statewrites import StateWrites
 from omsd.intake.staging import Staging
 from omsd.telemetry.totals import Stats
+from workers.messages import FileMeta, FileResult, FileTask, ResultStatus, StepFinished, StepStatus
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,7 @@ class FileJob:
     kept_path: str | None = None
     pending_acks: int = 0
     step_failures: dict[str, str] = field(default_factory=dict)
-    result: dict | None = None
+    result: FileResult | None = None
     settling: bool = False  # its outcome is being recorded (perhaps waiting for disk space)
 
 
@@ -100,7 +101,10 @@ class FileJobs:
             return
         job = FileJob(intake=intake, assembly=assembly, record_id=record.id, topic=assembly.topic,
                       relative_path=assembly.relative_path, size=assembly.staged.size, pipelines=todo)
-        self._submit(job, assembly.staged.path, chunk)
+        meta = FileMeta(relative_path=assembly.relative_path, subdir_str=chunk.subdir_str, filename=chunk.filename,
+                        file_hash=chunk.file_hash, file_mtime=chunk.file_mtime, topic=assembly.topic,
+                        filename_append=chunk.filename_append)
+        self._submit(job, assembly.staged.path, meta)
 
     def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
         """Queue failed files again from their kept bytes; returns how many were queued."""
@@ -121,42 +125,37 @@ class FileJobs:
                 log.warning("no space to retry failed files now", error=str(exc))
                 break
             subdir, _, filename = record.rel_path.rpartition("/")
-            header = Chunk(filename=filename, file_hash=bytes.fromhex(record.sha512), chunk_hash=b"", offset=0,
-                           chunk_i=0, n_total_chunks=1, subdir_str=subdir, filename_append="", data=b"",
-                           file_mtime=None)
+            meta = FileMeta(relative_path=record.rel_path, subdir_str=subdir, filename=filename,
+                            file_hash=bytes.fromhex(record.sha512), file_mtime=None, topic=record.topic)
             job = FileJob(intake=None, assembly=None, record_id=record.id, topic=record.topic,
                           relative_path=record.rel_path, size=Path(record.kept_path).stat().st_size,
                           pipelines=[pipeline], kept_path=record.kept_path)
-            self._submit(job, record.kept_path, header)
+            self._submit(job, record.kept_path, meta)
             queued += 1
         return queued
 
-    def _submit(self, job: FileJob, path: str, header: Chunk) -> None:
+    def _submit(self, job: FileJob, path: str, meta: FileMeta) -> None:
         task_id = next(self._task_ids)
         self.jobs[task_id] = job
-        payload = {
-            "task_id": task_id,
-            "ref": {"path": path, "size": job.size},
-            "file": {"relative_path": job.relative_path, "subdir_str": header.subdir_str,
-                     "filename": header.filename, "file_hash": header.file_hash, "file_mtime": header.file_mtime,
-                     "topic": job.topic, "filename_append": header.filename_append},
-            "pipelines": [p.name for p in job.pipelines],
-            "done": self.registry.done_steps(job.record_id),
-            "chunks": job.assembly.chunk_table() if job.assembly is not None else [],
-        }
-        self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, payload=payload, size=job.size))
+        message = FileTask(task_id=task_id, path=path, size=job.size, file=meta,
+                           pipelines=tuple(p.name for p in job.pipelines), done=self._done_steps(job),
+                           chunks=tuple(job.assembly.chunk_table()) if job.assembly is not None else ())
+        self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, message=message, size=job.size))
+
+    def _done_steps(self, job: FileJob) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(steps) for name, steps in self.registry.done_steps(job.record_id).items()}
 
     # -- worker reports ------------------------------------------------------------------------------
-    def on_step(self, task_id: int, outcome: dict) -> None:
+    def on_step(self, step: StepFinished) -> None:
         """A step finished in a worker; its result messages are produced and must be acknowledged."""
-        job = self.jobs.get(task_id)
+        job = self.jobs.get(step.task_id)
         if job is None:
             return
-        messages = outcome.get("messages") or []
-        if outcome["status"] != "done" or not messages:
-            self._record_step(job, outcome, outcome["status"], outcome.get("error"))
+        if step.status is not StepStatus.DONE or not step.produced:
+            self._record_step(job, step, step.status, step.error)
             return
-        remaining = {"n": len(messages), "error": None}
+        task_id = step.task_id
+        remaining = {"n": len(step.produced), "error": None}
 
         def delivered(err: KafkaError | None, msg: object) -> None:
             if err is not None:
@@ -166,24 +165,25 @@ class FileJobs:
             remaining["n"] -= 1
             job.pending_acks -= 1
             if remaining["n"] == 0:
-                self._record_step(job, outcome, "failed" if remaining["error"] else "done", remaining["error"])
+                status = StepStatus.FAILED if remaining["error"] else StepStatus.DONE
+                self._record_step(job, step, status, remaining["error"])
                 self._try_finish(task_id)
 
-        for topic, key, value in messages:
+        for produced in step.produced:
             job.pending_acks += 1
-            self.produce(topic, key, value, delivered)
+            self.produce(produced.topic, produced.key, produced.value, delivered)
 
-    def on_result(self, task_id: int, message: dict) -> None:
-        job = self.jobs.get(task_id)
+    def on_result(self, result: FileResult) -> None:
+        job = self.jobs.get(result.task_id)
         if job is not None:
-            job.result = message
-            self._try_finish(task_id)
+            job.result = result
+            self._try_finish(result.task_id)
 
     def refresh(self, task: Task) -> None:
         """Bring a task's list of finished steps up to date before it is handed out again."""
         job = self.jobs.get(task.task_id)
         if job is not None:
-            task.payload["done"] = self.registry.done_steps(job.record_id)
+            task.message = replace(task.message, done=self._done_steps(job))
 
     def on_poison(self, task: Task) -> None:
         """The file killed its worker too often: failed, bytes kept for an operator's retry."""
@@ -199,15 +199,13 @@ class FileJobs:
 
         self.writes.run(f"outcome of {job.relative_path}", record)
 
-    def _record_step(self, job: FileJob, outcome: dict, status: str, error: str | None) -> None:
-        duration = outcome.get("duration_s") or 0.0
+    def _record_step(self, job: FileJob, step: StepFinished, status: StepStatus, error: str | None) -> None:
         self.writes.run(f"step of {job.relative_path}", lambda: self.registry.record_step(
-            job.record_id, outcome["pipeline"], outcome["index"], outcome["kind"], status, outcome["attempts"],
-            error, duration))
-        self.metrics.observe_step(outcome["pipeline"], outcome["kind"], duration)
-        if status == "failed":
-            job.step_failures[outcome["pipeline"]] = f"{outcome['kind']} (step {outcome['index'] + 1}): {error}"
-            self.stats.error(f"{job.relative_path}: {outcome['pipeline']}/{outcome['kind']}: {error}")
+            job.record_id, step.pipeline, step.index, step.step, status.value, step.attempts, error, step.duration_s))
+        self.metrics.observe_step(step.pipeline, step.step, step.duration_s)
+        if status is StepStatus.FAILED:
+            job.step_failures[step.pipeline] = f"{step.step} (step {step.index + 1}): {error}"
+            self.stats.error(f"{job.relative_path}: {step.pipeline}/{step.step}: {error}")
 
     def _try_finish(self, task_id: int) -> None:
         """Record a file's outcome durably, then free its staging and release its offsets."""
@@ -225,18 +223,18 @@ class FileJobs:
     def _conclude(self, job: FileJob) -> None:
         result = job.result
         assert result is not None
-        if result.get("status") == "ok":
+        if result.status is ResultStatus.OK:
             errors = {p.name: job.step_failures.get(p.name, "failed") for p in job.pipelines
-                      if p.name in job.step_failures or not result["pipelines"].get(p.name)}
+                      if p.name in job.step_failures or not result.pipelines.get(p.name)}
             self._settle(job, errors, "failed" if errors else "done", "; ".join(errors.values()) or None,
                          keep=bool(errors))
-        elif result.get("status") == "hash_mismatch":
+        elif result.status is ResultStatus.HASH_MISMATCH:
             self._corrupt(job, result)
         else:
-            error = result.get("error") or result.get("status")
+            error = result.error or result.status.value
             self._settle(job, {p.name: error for p in job.pipelines}, "failed", error, keep=True)
 
-    def _corrupt(self, job: FileJob, result: dict) -> None:
+    def _corrupt(self, job: FileJob, result: FileResult) -> None:
         """The assembled bytes do not match the whole-file sha512.
 
         Chunks whose data does not match their own hash are rejected (named by topic, partition and
@@ -244,13 +242,13 @@ class FileJobs:
         the file is recorded as corrupt, without pipeline outcomes: the same file sent again is
         processed, and nothing of the corrupt one is saved.
         """
-        bad = result.get("bad_chunks") or []
+        bad = list(result.bad_chunks)
         self._report_bad_chunks(job, bad)
         assembly, intake = job.assembly, job.intake
         if bad and assembly is not None and intake is not None and assembly.repairs < MAX_REPAIRS:
             intake.reopen(assembly, bad)
             return
-        error = result.get("error") or "whole-file sha512 mismatch"
+        error = result.error or "whole-file sha512 mismatch"
         self.registry.set_status(job.record_id, "corrupt", error)
         self.stats.file_failed()
         log.error("file corrupt", path=job.relative_path, topic=job.topic, error=error)

@@ -27,6 +27,7 @@ from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.wire.sharding import worker_slot_for
 from omsd.states import ProcessState, transition
 from workers.main import worker_main
+from workers.messages import FileTask, FromWorker, MessageKind, Stop
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class Task:
 
     task_id: int
     relative_path: str
-    payload: dict  # what the worker receives
+    message: FileTask  # what the worker receives
     size: int = 0  # staged bytes
     deaths: int = 0
 
@@ -127,7 +128,7 @@ class WorkerPool:
         for slot in self.slots:
             if slot.conn is not None and slot.state in (ProcessState.RUNNING, ProcessState.STARTING):
                 try:
-                    slot.conn.send(None)
+                    slot.conn.send(Stop())
                 except OSError:
                     pass
                 slot.move_to(ProcessState.STOPPING)
@@ -191,33 +192,32 @@ class WorkerPool:
                 task = slot.queue.popleft()
                 slot.in_flight.append(task)
                 try:
-                    slot.conn.send(task.payload)
+                    slot.conn.send(task.message)
                 except OSError:
                     break  # the worker died; reap() hands the tasks back
 
-    def events(self, timeout: float = 0.0) -> list[tuple[Slot, dict, Task | None]]:
-        """Messages from workers (ready, step, result) with the task they concern.
+    def events(self, timeout: float = 0.0) -> list[tuple[Slot, FromWorker]]:
+        """Messages from workers (see :mod:`workers.messages`) with the slot that sent each.
 
         Never blocks longer than ``timeout``.
         """
         conns = {slot.conn: slot for slot in self.slots if slot.conn is not None
                  and slot.state in (ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING)}
-        out: list[tuple[Slot, dict, Task | None]] = []
+        out: list[tuple[Slot, FromWorker]] = []
         if not conns:
             return out
         for conn in multiprocessing.connection.wait(list(conns), timeout=timeout):
             slot = conns[conn]
             try:
                 while conn.poll():
-                    message = conn.recv()
-                    task = slot.current
-                    if message.get("type") == "ready":
+                    message: FromWorker = conn.recv()
+                    if message.kind is MessageKind.READY:
                         slot.move_to(ProcessState.RUNNING)
-                    elif message.get("type") == "result" and task is not None:
+                    elif message.kind is MessageKind.RESULT and slot.in_flight:
                         slot.in_flight.popleft()  # results come in the order the tasks were sent
                         slot.files_done += 1
-                        self._observe(message.get("duration_s"))
-                    out.append((slot, message, task))
+                        self._observe(message.duration_s)
+                    out.append((slot, message))
             except (EOFError, OSError):
                 pass  # reap() notices the exit
         return out

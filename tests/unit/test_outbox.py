@@ -10,13 +10,23 @@ import pytest
 
 import workers.durability as durability
 import workers.outbox as outbox_module
+from workers.messages import FileResult, MessageKind, ResultStatus, StepFinished, StepStatus
 from workers.outbox import Outbox
 
 
+def step(task_id: int) -> StepFinished:
+    return StepFinished(task_id=task_id, pipeline="p", index=0, step="save", status=StepStatus.DONE, attempts=1,
+                        error=None, duration_s=0.01)
+
+
+def result(task_id: int) -> FileResult:
+    return FileResult(task_id=task_id, status=ResultStatus.OK, pipelines={"p": True}, duration_s=0.01)
+
+
 def _collect(events: list, lock: threading.Lock):
-    def send(message: dict) -> None:
+    def send(message) -> None:
         with lock:
-            events.append(("sent", message["task_id"], message["type"]))
+            events.append(("sent", message.task_id, message.kind.value))
     return send
 
 
@@ -33,8 +43,8 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
     box = Outbox(_collect(events, lock))
     for task_id in (1, 2):
         box.saved([tmp_path / f"f{task_id}"])
-        box.put({"type": "step", "task_id": task_id})
-        box.put({"type": "result", "task_id": task_id})
+        box.put(step(task_id))
+        box.put(result(task_id))
     box.close()
     assert events[0] == ("durable", ["f1", "f2"])  # one barrier for the group, before anything is sent
     assert events[1:] == [("sent", 1, "step"), ("sent", 1, "result"), ("sent", 2, "step"), ("sent", 2, "result")]
@@ -49,31 +59,31 @@ def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_repor
     monkeypatch.setattr(outbox_module, "make_durable", broken)
     box = Outbox(sent.append)
     box.saved([tmp_path / "f"])
-    box.put({"type": "step", "task_id": 3, "outcome": {"status": "done"}})
-    box.put({"type": "result", "task_id": 3, "status": "ok"})
+    box.put(step(3))
+    box.put(result(3))
     box.close()
-    assert [(m["type"], m["status"]) for m in sent] == [("result", "error")]
-    assert "could not be made durable" in sent[0]["error"]
+    assert [(m.kind, m.task_id, m.status) for m in sent] == [(MessageKind.RESULT, 3, ResultStatus.ERROR)]
+    assert "could not be made durable" in sent[0].error
 
 
 def test_a_report_held_while_the_worker_is_busy_is_sent_by_itself(monkeypatch) -> None:
     monkeypatch.setattr(outbox_module, "FLUSH_AFTER_S", 0.01)
     sent: list = []
     box = Outbox(sent.append)
-    box.put({"type": "step", "task_id": 4})  # then the worker runs a long step and does not flush
+    box.put(step(4))  # then the worker runs a long step and does not flush
     deadline = time.monotonic() + 5
     while not sent and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert [m["task_id"] for m in sent] == [4]
+    assert [m.task_id for m in sent] == [4]
     box.close()
 
 
 def test_due_after_enough_results() -> None:
     box = Outbox(lambda _m: None)
     for task_id in range(outbox_module.FLUSH_EVERY - 1):
-        box.put({"type": "result", "task_id": task_id})
+        box.put(result(task_id))
     assert not box.due()
-    box.put({"type": "result", "task_id": 99})
+    box.put(result(99))
     assert box.due()
     box.close()
 

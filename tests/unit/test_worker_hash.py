@@ -11,6 +11,7 @@ import time
 import pytest
 
 import workers.main as worker
+from workers.messages import FileMeta, FileTask, MessageKind, ResultStatus, StepStatus
 import workers.mapped as mapped
 
 
@@ -33,11 +34,11 @@ def test_file_sha512_of_a_short_staging_file_does_not_match(tmp_path) -> None:
 
 # -- process(): the first step works ahead while the file is hashed ------------------------------------
 
-def _task(staged, content: bytes, file_hash: bytes, done: dict | None = None) -> dict:
-    return {"task_id": 7, "ref": {"path": str(staged), "size": len(content)},
-            "file": {"relative_path": "run/a.dat", "subdir_str": "run", "filename": "a.dat", "file_hash": file_hash,
-                     "file_mtime": None, "topic": "raw", "filename_append": ""},
-            "pipelines": ["p"], "done": done or {}, "chunks": [(1, 0, len(content), hashlib.sha512(content).digest())]}
+def _task(staged, content: bytes, file_hash: bytes, done: dict | None = None) -> FileTask:
+    meta = FileMeta(relative_path="run/a.dat", subdir_str="run", filename="a.dat", file_hash=file_hash,
+                    file_mtime=None, topic="raw")
+    return FileTask(task_id=7, path=str(staged), size=len(content), file=meta, pipelines=("p",), done=done or {},
+                    chunks=((1, 0, len(content), hashlib.sha512(content).digest()),))
 
 
 def _runner(out):
@@ -80,12 +81,12 @@ def test_process_saves_the_copy_written_while_hashing(tmp_path, monkeypatch) -> 
     sent: list = []
     result = worker.process(_task(staged, content, hashlib.sha512(content).digest()), _runner(tmp_path / "out"),
                             sent.append)
-    assert result["status"] == "ok" and result["pipelines"] == {"p": True}
+    assert result.status is ResultStatus.OK and result.pipelines == {"p": True}
     assert hashed.is_set()
     assert [ahead for _temp, ahead in writes] == [True]  # written once, while hashing; the step only renamed it
     assert (tmp_path / "out" / "run" / "a.dat").read_bytes() == content
     assert os.listdir(tmp_path / "out" / "run") == ["a.dat"]
-    assert [m["outcome"]["status"] for m in sent] == ["done"]
+    assert [(m.kind, m.task_id, m.status) for m in sent] == [(MessageKind.STEP, 7, StepStatus.DONE)]
 
 
 def test_process_removes_the_copy_written_ahead_when_the_hash_fails(tmp_path) -> None:
@@ -94,7 +95,7 @@ def test_process_removes_the_copy_written_ahead_when_the_hash_fails(tmp_path) ->
     staged.write_bytes(content)
     result = worker.process(_task(staged, content, hashlib.sha512(b"other").digest()), _runner(tmp_path / "out"),
                             lambda _m: None)
-    assert result["status"] == "hash_mismatch"
+    assert result.status is ResultStatus.HASH_MISMATCH and result.bad_chunks == ()  # each chunk matches itself
     assert not (tmp_path / "out" / "run").exists() or os.listdir(tmp_path / "out" / "run") == []
 
 
@@ -105,5 +106,5 @@ def test_process_does_not_prepare_a_save_that_is_already_done(tmp_path, monkeypa
     writes = _recorded_saves(monkeypatch)
     result = worker.process(_task(staged, content, hashlib.sha512(content).digest(), done={"p": [0]}),
                             _runner(tmp_path / "out"), lambda _m: None)
-    assert result["status"] == "ok" and writes == []
+    assert result.status is ResultStatus.OK and writes == []
     assert not (tmp_path / "out" / "run" / "a.dat").exists()  # restored, not redone

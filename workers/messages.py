@@ -1,0 +1,138 @@
+"""Every message between the supervisor and its worker processes, defined once for both sides.
+
+A leaf module (stdlib only): the supervisor's pool and jobs and the worker's
+main loop import it, and it imports neither. Messages travel pickled through
+each worker's duplex pipe; the receiver dispatches on ``message.kind``::
+
+    supervisor → worker   FileTask            process one staged file
+                          Stop                exit after the current file
+    worker → supervisor   Ready               booted, taking work
+                          BootFailed          cannot build its pipelines (then exits with RET_WORKER_BOOT)
+                          StepFinished        one step of one pipeline finished (recorded before the next)
+                          FileResult          the file is finished (after its last StepFinished)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class MessageKind(str, Enum):
+    """What a message between supervisor and worker is."""
+
+    TASK = "task"
+    STOP = "stop"
+    READY = "ready"
+    BOOT_FAILED = "boot_failed"
+    STEP = "step"
+    RESULT = "result"
+
+
+class StepStatus(str, Enum):
+    """How one step ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ResultStatus(str, Enum):
+    """How a whole file ended in its worker."""
+
+    OK = "ok"  # verified and every requested pipeline ran (each pipeline's success is in ``pipelines``)
+    HASH_MISMATCH = "hash_mismatch"  # the staged bytes do not match the whole-file sha512
+    ERROR = "error"  # processing raised outside the steps
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What the worker needs to know of a file besides its bytes."""
+
+    relative_path: str
+    subdir_str: str
+    filename: str
+    file_hash: bytes  # whole-file sha512
+    file_mtime: float | None
+    topic: str
+    filename_append: str = ""
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """Process one staged file (by reference: path and size) with the named pipelines."""
+
+    task_id: int
+    path: str  # the staged bytes (shared memory, a spill file, or kept bytes of a failed file)
+    size: int
+    file: FileMeta
+    pipelines: tuple[str, ...]
+    done: dict[str, tuple[int, ...]]  # per pipeline, the indexes of steps that finished in an earlier run
+    chunks: tuple[tuple[int, int, int, bytes], ...] = ()  # (chunk_i, offset, length, sha512), to name bad chunks
+    kind: MessageKind = field(default=MessageKind.TASK, init=False)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Exit after the current file."""
+
+    kind: MessageKind = field(default=MessageKind.STOP, init=False)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker has built its pipelines and takes work."""
+
+    pid: int
+    kind: MessageKind = field(default=MessageKind.READY, init=False)
+
+
+@dataclass(frozen=True)
+class BootFailed:
+    """The worker cannot build its pipelines (a step's code fails to import, ...)."""
+
+    error: str
+    kind: MessageKind = field(default=MessageKind.BOOT_FAILED, init=False)
+
+
+@dataclass(frozen=True)
+class Produced:
+    """A result message a step wants produced (the supervisor produces it)."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """One step of one pipeline finished on the task's file."""
+
+    task_id: int
+    pipeline: str
+    index: int  # the step's position in its pipeline, from 0
+    step: str  # the step's kind ("save", "call", ...)
+    status: StepStatus
+    attempts: int
+    error: str | None
+    duration_s: float
+    produced: tuple[Produced, ...] = ()
+    kind: MessageKind = field(default=MessageKind.STEP, init=False)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The task's file is finished in the worker."""
+
+    task_id: int
+    status: ResultStatus
+    pipelines: dict[str, bool] = field(default_factory=dict)  # with OK: whether each pipeline succeeded
+    bad_chunks: tuple[int, ...] = ()  # with HASH_MISMATCH: chunks whose data does not match their own hash
+    error: str | None = None
+    duration_s: float | None = None  # with OK: the time the file took in the worker
+    kind: MessageKind = field(default=MessageKind.RESULT, init=False)
+
+
+#: Messages the supervisor sends.
+ToWorker = FileTask | Stop
+#: Messages a worker sends.
+FromWorker = Ready | BootFailed | StepFinished | FileResult
