@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from omsd.wire.protocol import Chunk, ProtocolError
 from omsd.intake.staging import StagedFile, Staging
-from omsd.intake.watermark import TopicPartition, Watermarks
+from omsd.intake.watermark import TopicPartitionKey, Watermarks
 
 FileKey = tuple[str, str, bytes]  # topic, relative path, file hash
 
@@ -32,11 +32,11 @@ class FileAssembly:
     bytes_received: int = 0
     first_seen: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
-    partitions: set[TopicPartition] = field(default_factory=set)
+    partitions: set[TopicPartitionKey] = field(default_factory=set)
     # Set when the whole-file hash failed and bad chunks are being replaced: chunks are then hashed on
     # arrival, and the messages already known to be bad are skipped.
     suspect: bool = False
-    bad_messages: set[tuple[TopicPartition, int]] = field(default_factory=set)
+    bad_messages: set[tuple[TopicPartitionKey, int]] = field(default_factory=set)
     repairs: int = 0
     # chunk_i → (offset in file, length, claimed sha512, partition, message offset)
     chunk_index: dict[int, tuple[int, int, bytes, int, int]] = field(default_factory=dict)
@@ -45,7 +45,7 @@ class FileAssembly:
         """(chunk_i, offset, length, sha512) of every chunk: what a worker needs to find a bad one."""
         return [(i, off, length, digest) for i, (off, length, digest, _p, _o) in sorted(self.chunk_index.items())]
 
-    def message_of(self, chunk_i: int) -> tuple[TopicPartition, int] | None:
+    def message_of(self, chunk_i: int) -> tuple[TopicPartitionKey, int] | None:
         """Where chunk ``chunk_i`` was read from: ((topic, partition), offset)."""
         entry = self.chunk_index.get(chunk_i)
         return ((self.topic, entry[3]), entry[4]) if entry else None
@@ -140,7 +140,7 @@ class Assembler:
             self.discard(assembly)
         return stale
 
-    def drop_partitions(self, tps: set[TopicPartition]) -> list[FileAssembly]:
+    def drop_partitions(self, tps: set[TopicPartitionKey]) -> list[FileAssembly]:
         """Partitions were revoked: drop files with chunks from them (the new owner re-reads them)."""
         dropped = [a for a in self.files.values() if a.partitions & tps]
         for assembly in dropped:

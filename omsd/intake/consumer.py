@@ -29,7 +29,7 @@ from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_
 from omsd.registry import Registry
 from omsd.intake.staging import Staging, StagingFull
 from omsd.intake.undecryptable import UndecryptableStore
-from omsd.intake.watermark import Watermarks
+from omsd.intake.watermark import TopicPartitionKey, Watermarks
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class Intake:
     def __init__(self, config: Config, group_id: str, pipelines: list[PipelineConfig], staging: Staging,
                  registry: Registry, on_read: Callable[[int], None],
                  on_reject: Callable[[str], None] | None = None, on_error: Callable[[object], None] | None = None,
-                 before_revoke: Callable[["Intake", set[tuple[str, int]]], None] | None = None,
+                 before_revoke: Callable[["Intake", set[TopicPartitionKey]], None] | None = None,
                  handover: HandoverLog | None = None, crypto: CryptoNode | None = None) -> None:
         self.group_id = group_id
         self.pipelines = pipelines
@@ -72,7 +72,7 @@ class Intake:
         # Encrypted topics: messages are decrypted before decoding (see omsd.intake.decrypt).
         self.decryptor = (Decryptor(crypto, config.kafkacrypto, UndecryptableStore(config.state_dir, group_id),
                                     self.watermarks) if crypto is not None and config.kafkacrypto else None)
-        self.assigned: set[tuple[str, int]] = set()
+        self.assigned: set[TopicPartitionKey] = set()
         self.flow = FlowControl(self._set_paused)
         self.unassigned_since: float | None = None  # when the last partition went (rebalance, outage)
         self.rejected: Counter[str] = Counter()
@@ -85,7 +85,7 @@ class Intake:
         self._hashers = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="omsd-hash")
         self._last_commit = 0.0
         self._last_handover = time.monotonic()
-        self._published: dict[tuple[str, int], tuple[int, list[int]]] = {}
+        self._published: dict[TopicPartitionKey, tuple[int, list[int]]] = {}
 
     # -- group membership --------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -133,7 +133,7 @@ class Intake:
     def _on_lost(self, consumer: object, partitions: list[TopicPartition]) -> None:
         self._drop({(p.topic, p.partition) for p in partitions}, "lost")
 
-    def _drop(self, tps: set[tuple[str, int]], why: str) -> None:
+    def _drop(self, tps: set[TopicPartitionKey], why: str) -> None:
         dropped = self.assembler.drop_partitions(tps)
         if self.decryptor is not None:
             self.decryptor.drop_partitions(tps)
@@ -161,8 +161,8 @@ class Intake:
         if self.verify_at_intake:
             self._verify_hashes(items)
         completed: list[FileAssembly] = []
-        rewound: set[tuple[str, int]] = set()
-        for msg, tp, chunk in items:
+        rewound: set[TopicPartitionKey] = set()
+        for msg, tp, decoded in items:
             if tp in rewound:
                 continue
             if self.watermarks.handed_over(tp, msg.offset()):
@@ -170,8 +170,8 @@ class Intake:
                 self.watermarks.consumed(tp, msg.offset())
                 continue
             try:
-                done = (self._stage(msg, tp, chunk) if isinstance(chunk, Chunk)
-                        else self._refuse(chunk, tp, msg.offset()))
+                done = (self._stage(msg, tp, decoded) if isinstance(decoded, Chunk)
+                        else self._refuse(decoded, tp, msg.offset()))
             except StagingFull as exc:
                 # Nothing is lost: re-read from this message once space returns.
                 log.error("staging is full; pausing intake", group=self.group_id, error=str(exc))
@@ -203,32 +203,32 @@ class Intake:
 
     def _stage_opened(self, opened: Opened, completed: list[FileAssembly]) -> None:
         """A message decrypted after waiting for its key, or read again from its kept file."""
-        decoded = self._decode(opened.msg)
-        if decoded is None:
+        item = self._decode(opened.msg)
+        if item is None:
             return
-        msg, tp, chunk = decoded
+        msg, tp, decoded = item
         done = None
-        if isinstance(chunk, Chunk):
+        if isinstance(decoded, Chunk):
             try:
-                done = self._stage(msg, tp, chunk, late=True)
+                done = self._stage(msg, tp, decoded, late=True)
             except StagingFull:
                 self.decryptor.requeue(opened)
                 self.flow.staging_full(time.monotonic())
                 return
         else:
-            self.reject(chunk, tp, msg.offset())
+            self.reject(decoded, tp, msg.offset())
             self.watermarks.finished(tp, msg.offset())
         if done is not None:
             self.processing.add(done.key)
             completed.append(done)
         if opened.kept is not None:
-            key = (tp[0], chunk.relative_path, chunk.file_hash) if isinstance(chunk, Chunk) else None
+            key = (tp[0], decoded.relative_path, decoded.file_hash) if isinstance(decoded, Chunk) else None
             if key is not None and (key in self.assembler.files or key in self.processing):
                 self.decryptor.bind(key, opened.kept)  # deleted once that file is finished
             else:
                 self.decryptor.dispose(opened.kept)
 
-    def _decode(self, msg: Message) -> tuple[Message, tuple[str, int], Chunk | ProtocolError] | None:
+    def _decode(self, msg: Message) -> tuple[Message, TopicPartitionKey, Chunk | ProtocolError] | None:
         err = msg.error()
         if err is not None:
             KAFKA_LOG.consumer_error(self.group_id, err)  # a topic not created yet is said so, once
@@ -240,14 +240,15 @@ class Intake:
         self.on_read(size)
         tp = (msg.topic(), msg.partition())
         try:
-            chunk = decode_chunk(value, max_file_size=self.assembler.max_file_size, verify_hash=False)
+            decoded = decode_chunk(value, max_file_size=self.assembler.max_file_size, verify_hash=False)
         except ProtocolError as exc:
             return msg, tp, exc
-        return msg, tp, chunk
+        return msg, tp, decoded
 
     def _verify_hashes(self, items: list) -> None:
         """Replace chunks whose data does not match their hash by the error (only chunks we would stage)."""
-        todo = [i for i, (_msg, tp, chunk) in enumerate(items) if isinstance(chunk, Chunk) and self._wanted(tp, chunk)]
+        todo = [i for i, (_msg, tp, decoded) in enumerate(items)
+                if isinstance(decoded, Chunk) and self._wanted(tp, decoded)]
         if not todo:
             return
 
@@ -261,10 +262,10 @@ class Intake:
         results = self._hashers.map(check, todo) if len(todo) > 1 else map(check, todo)
         for index, error in zip(todo, list(results)):
             if error is not None:
-                msg, tp, _chunk = items[index]
+                msg, tp, _decoded = items[index]
                 items[index] = (msg, tp, error)
 
-    def _wanted(self, tp: tuple[str, int], chunk: Chunk) -> bool:
+    def _wanted(self, tp: TopicPartitionKey, chunk: Chunk) -> bool:
         """Would this chunk be staged (as far as we can tell before the batch is handled)?"""
         key = (tp[0], chunk.relative_path, chunk.file_hash)
         if key in self.processing:
@@ -275,7 +276,7 @@ class Intake:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         return bool(pipelines) and not self._already_finished(key, pipelines)
 
-    def _stage(self, msg: Message, tp: tuple[str, int], chunk: Chunk, late: bool = False) -> FileAssembly | None:
+    def _stage(self, msg: Message, tp: TopicPartitionKey, chunk: Chunk, late: bool = False) -> FileAssembly | None:
         pipelines = self.pipelines_for(tp[0], chunk.relative_path)
         if not pipelines:
             self.watermarks.finished(tp, msg.offset())
@@ -299,13 +300,13 @@ class Intake:
             self._refuse(exc, tp, msg.offset())
             return None
 
-    def _refuse(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
+    def _refuse(self, exc: ProtocolError, tp: TopicPartitionKey, offset: int) -> None:
         """Reject a message on first reading; when a partition is read again, it was counted already."""
         if not self.watermarks.seen(tp, offset):
             self.reject(exc, tp, offset)
             self.watermarks.finished(tp, offset)
 
-    def reject(self, exc: ProtocolError, tp: tuple[str, int], offset: int) -> None:
+    def reject(self, exc: ProtocolError, tp: TopicPartitionKey, offset: int) -> None:
         """A message we cannot use: logged with where it is, counted, skipped."""
         self.rejected[exc.reason] += 1
         if self.on_reject is not None:
@@ -368,7 +369,7 @@ class Intake:
             self.consumer.resume(partitions)
             log.info("intake resumed", group=self.group_id)
 
-    def commit(self, force: bool = False, only: set[tuple[str, int]] | None = None, every_s: float = 1.0) -> None:
+    def commit(self, force: bool = False, only: set[TopicPartitionKey] | None = None, every_s: float = 1.0) -> None:
         """Commit the safe offsets that moved (at most every ``every_s`` unless forced)."""
         now = time.monotonic()
         if not force and now - self._last_commit < every_s:
@@ -395,7 +396,7 @@ class Intake:
             return
         self.watermarks.committed(offsets)
 
-    def _hand_over(self, tps: set[tuple[str, int]], wait: bool) -> None:
+    def _hand_over(self, tps: set[TopicPartitionKey], wait: bool) -> None:
         """Publish what is finished above the offsets about to be committed: before a final commit
         (``wait``: delivered first), and now and then while running (only what changed)."""
         self._last_handover = time.monotonic()
@@ -416,7 +417,7 @@ class Intake:
                      partitions={f"{t}[{p}]": {"committed": c, "finished_messages": d.count()}
                                  for (t, p), (c, d) in sorted(progress.items())})
 
-    def lag(self, timeout: float = 0.2, cached: bool = False) -> dict[tuple[str, int], int]:
+    def lag(self, timeout: float = 0.2, cached: bool = False) -> dict[TopicPartitionKey, int]:
         """Messages between the committed (safe) offset and the end of each assigned partition.
         ``cached``: from the ends the last fetches reported, without asking the broker (never blocks)."""
         out = {}

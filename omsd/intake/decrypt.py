@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from omsd.crypto.node import NOT_YET, CryptoNode, NotDecryptable, key_index
 from omsd.crypto.settings import CryptoSettings
 from omsd.intake.undecryptable import KeptMessage, UndecryptableStore
-from omsd.intake.watermark import TopicPartition, Watermarks
+from omsd.intake.watermark import TopicPartitionKey, Watermarks
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ class DecryptStats:
     kept: int = 0
     plaintext: int = 0
     recovered: int = 0  # kept messages decrypted later
-    waiting_since: dict[TopicPartition, float] = field(default_factory=dict)
+    waiting_since: dict[TopicPartitionKey, float] = field(default_factory=dict)
 
 
 class Decryptor:
@@ -77,7 +77,7 @@ class Decryptor:
         self.store = store
         self.watermarks = watermarks
         self.stats = DecryptStats()
-        self._live: dict[tuple[TopicPartition, int], _Pending] = {}
+        self._live: dict[tuple[TopicPartitionKey, int], _Pending] = {}
         self._replays: dict[Path, _Pending] = {}
         self._first_seen: dict[tuple[str, bytes | None], float] = {}
         self._bound: dict[object, list[Path]] = {}  # file key → kept files it was staged from
@@ -224,7 +224,7 @@ class Decryptor:
         self.watermarks.hold(tp, pending.holder, msg.offset())
         self._live[(tp, msg.offset())] = pending
 
-    def drop_partitions(self, tps: set[TopicPartition]) -> None:
+    def drop_partitions(self, tps: set[TopicPartitionKey]) -> None:
         """Revoked partitions: forget their waiting messages (the next owner reads them again)."""
         for (tp, offset), pending in list(self._live.items()):
             if tp in tps:

@@ -30,14 +30,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from omsd.config import Config
 from omsd.kafka import admin_config, consumer_config, make_producer
 from omsd.intake.offsetranges import OffsetRanges
+from omsd.intake.watermark import TopicPartitionKey
 
 log = structlog.get_logger(__name__)
 
 RECORD_VERSION = 1
 MAX_RANGES = 8192  # beyond this the highest ranges are left out: those messages are read again, never lost
 POLL_S = 0.1
-
-TopicPartitionKey = tuple[str, int]
 
 
 @dataclass(frozen=True)

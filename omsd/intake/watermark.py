@@ -18,30 +18,31 @@ from collections import defaultdict
 
 from omsd.intake.offsetranges import OffsetRanges
 
-TopicPartition = tuple[str, int]
+#: A partition as a plain ``(topic, partition)`` pair (``confluent_kafka.TopicPartitionKey`` is the client's class).
+TopicPartitionKey = tuple[str, int]
 
 
 class Watermarks:
     """Safe-offset bookkeeping for the partitions of one consumer."""
 
     def __init__(self) -> None:
-        self._next: dict[TopicPartition, int] = {}
-        self._holds: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
-        self._holder_tps: dict[int, set[TopicPartition]] = defaultdict(set)
-        self._committed: dict[TopicPartition, int] = {}
-        self._offsets: dict[int, dict[TopicPartition, list[int]]] = defaultdict(dict)
-        self._done: dict[TopicPartition, OffsetRanges] = {}
+        self._next: dict[TopicPartitionKey, int] = {}
+        self._holds: dict[TopicPartitionKey, dict[int, int]] = defaultdict(dict)
+        self._holder_tps: dict[int, set[TopicPartitionKey]] = defaultdict(set)
+        self._committed: dict[TopicPartitionKey, int] = {}
+        self._offsets: dict[int, dict[TopicPartitionKey, list[int]]] = defaultdict(dict)
+        self._done: dict[TopicPartitionKey, OffsetRanges] = {}
 
-    def consumed(self, tp: TopicPartition, offset: int) -> None:
+    def consumed(self, tp: TopicPartitionKey, offset: int) -> None:
         """A message at ``offset`` was read (whatever became of it)."""
         if offset + 1 > self._next.get(tp, -1):
             self._next[tp] = offset + 1
 
-    def seen(self, tp: TopicPartition, offset: int) -> bool:
+    def seen(self, tp: TopicPartitionKey, offset: int) -> bool:
         """True when ``offset`` was read before (the partition is being read again after a seek)."""
         return offset < self._next.get(tp, -1)
 
-    def hold(self, tp: TopicPartition, holder: int, offset: int) -> None:
+    def hold(self, tp: TopicPartitionKey, holder: int, offset: int) -> None:
         """``holder`` (a file) needs ``offset`` on ``tp`` until it is released."""
         holds = self._holds[tp]
         if holder not in holds or offset < holds[holder]:
@@ -58,12 +59,12 @@ class Watermarks:
             if done:
                 self._finish(tp, offsets.get(tp, ()))
 
-    def finished(self, tp: TopicPartition, offset: int) -> None:
+    def finished(self, tp: TopicPartitionKey, offset: int) -> None:
         """The message at ``offset`` needs nothing more (rejected, unwanted, or its file already done)."""
         if self._holds.get(tp):  # otherwise the safe offset passes it as soon as it is consumed
             self._finish(tp, (offset,))
 
-    def _finish(self, tp: TopicPartition, offsets: "list[int] | tuple[int, ...]") -> None:
+    def _finish(self, tp: TopicPartitionKey, offsets: "list[int] | tuple[int, ...]") -> None:
         safe = self.safe(tp)
         if safe is None:
             return  # a partition we no longer own
@@ -71,7 +72,7 @@ class Watermarks:
         if above:
             self._done.setdefault(tp, OffsetRanges()).add_offsets(above)
 
-    def inherit(self, tp: TopicPartition, committed: int, done: OffsetRanges) -> None:
+    def inherit(self, tp: TopicPartitionKey, committed: int, done: OffsetRanges) -> None:
         """The previous owner of ``tp`` finished ``done`` above ``committed``, where we start reading."""
         done.drop_below(committed)
         if done:
@@ -79,13 +80,13 @@ class Watermarks:
             for start, end in done:
                 mine.add_range(start, end)
 
-    def handed_over(self, tp: TopicPartition, offset: int) -> bool:
+    def handed_over(self, tp: TopicPartitionKey, offset: int) -> bool:
         """True when the previous owner of ``tp`` finished the message at ``offset`` and we have not
         read it ourselves yet."""
         done = self._done.get(tp)
         return done is not None and offset in done and not self.seen(tp, offset)
 
-    def progress(self, tp: TopicPartition) -> tuple[int, OffsetRanges] | None:
+    def progress(self, tp: TopicPartitionKey) -> tuple[int, OffsetRanges] | None:
         """The safe offset of ``tp`` and the finished offsets above it, when there are any."""
         safe = self.safe(tp)
         done = self._done.get(tp)
@@ -94,18 +95,18 @@ class Watermarks:
         done.drop_below(safe)
         return (safe, done) if done else None
 
-    def held(self, holder: int) -> dict[TopicPartition, int]:
+    def held(self, holder: int) -> dict[TopicPartitionKey, int]:
         """The offsets ``holder`` still needs, per partition."""
         return {tp: self._holds[tp][holder] for tp in self._holder_tps.get(holder, ()) if holder in self._holds[tp]}
 
-    def safe(self, tp: TopicPartition) -> int | None:
+    def safe(self, tp: TopicPartitionKey) -> int | None:
         """The offset that is safe to commit on ``tp`` (None if nothing was read there)."""
         holds = self._holds.get(tp)
         if holds:
             return min(holds.values())
         return self._next.get(tp)
 
-    def to_commit(self, assigned: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+    def to_commit(self, assigned: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
         """Safe offsets that moved since the last commit, restricted to ``assigned``."""
         out = {}
         for tp in set(self._next) | {tp for tp, h in self._holds.items() if h}:
@@ -116,16 +117,16 @@ class Watermarks:
                 out[tp] = safe
         return out
 
-    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+    def committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
         self._committed.update(offsets)
         for tp, offset in offsets.items():
             if tp in self._done:
                 self._done[tp].drop_below(offset)
 
-    def committed_offset(self, tp: TopicPartition) -> int | None:
+    def committed_offset(self, tp: TopicPartitionKey) -> int | None:
         return self._committed.get(tp)
 
-    def forget(self, tps: set[TopicPartition]) -> None:
+    def forget(self, tps: set[TopicPartitionKey]) -> None:
         """Partitions were revoked: drop what we knew about them."""
         for tp in tps:
             self._next.pop(tp, None)
@@ -135,5 +136,5 @@ class Watermarks:
             self._holds.pop(tp, None)
             self._done.pop(tp, None)
 
-    def partitions(self) -> set[TopicPartition]:
+    def partitions(self) -> set[TopicPartitionKey]:
         return set(self._next) | set(self._committed)
