@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from omsd.intake.flow import PauseReason
 from omsd.states import DaemonState, ProcessState
+from omsd.telemetry.units import human_bytes
 
 if TYPE_CHECKING:
     from omsd.config import Config
@@ -95,3 +96,12 @@ def _free(n: int | None) -> str:
     if n is None:
         return "? bytes"
     return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def status_line(*, intakes: Sequence[Intake], staging: Staging, pool: WorkerPool, stats: Stats) -> str:
+    """One line for systemd's STATUS= (``systemctl status``)."""
+    totals = stats.totals
+    in_progress = sum(len(i.assembler.files) for i in intakes)
+    return (f"{totals['files_completed']} files done, {totals['files_failed']} failed, {in_progress} assembling, "
+            f"{pool.pending()} queued; staging {human_bytes(staging.memory_used)} memory, "
+            f"{human_bytes(staging.spill_used)} spill")

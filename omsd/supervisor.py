@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import time
@@ -32,11 +31,10 @@ from omsd.intake.flow import PauseReason
 from omsd.dispatch.jobs import FileJobs
 from omsd.kafka import KAFKA_LOG, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
-from omsd.report import assess_health, status_report
+from omsd.report import assess_health, status_line, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.telemetry.progress import ProgressLog, total_lag
 from omsd.telemetry.statuspage import StatusBoard
-from omsd.telemetry.units import human_bytes
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites
@@ -287,21 +285,7 @@ class Supervisor:
         KAFKA_LOG.tick()  # a broker's "unreachable" warning, repeated at a slow pace while it lasts
         for intake in self.intakes:
             for assembly in intake.assembler.expired(self.config.staging.expire_incomplete_secs, now):
-                received = f"{len(assembly.received)}/{assembly.n_total} chunks"
-                if assembly.suspect:  # reopened to replace corrupt chunks, and no good copy came
-                    log.error("corrupt file expired without good copies of its bad chunks",
-                              path=assembly.relative_path, topic=assembly.topic, chunks_received=received)
-                    self.writes.run(f"corrupt {assembly.relative_path}", functools.partial(
-                        self.registry.record_rejected_file, assembly.topic, assembly.relative_path,
-                        assembly.chunk.file_hash.hex(), "corrupt",
-                        f"chunks failed their hashes; no good copies ({received})"))
-                    self.stats.file_failed()
-                    continue
-                log.warning("incomplete file expired", path=assembly.relative_path, topic=assembly.topic,
-                            chunks_received=received)
-                self.writes.run(f"expired {assembly.relative_path}", functools.partial(
-                    self.registry.record_rejected_file, assembly.topic, assembly.relative_path,
-                    assembly.chunk.file_hash.hex(), "expired", received))
+                self.jobs.expired(assembly)
             self._apply_backpressure(intake)
             intake.commit()
         self._wait_for_space(now)
@@ -322,7 +306,8 @@ class Supervisor:
         if self.log_schedule is not None and self.log_schedule.due(now):
             self._send_logs()
         if self.ready_sent and self.status_schedule.due(now):
-            self.notifier.status(self._status_line())
+            self.notifier.status(status_line(intakes=self.intakes, staging=self.staging, pool=self.pool,
+                                             stats=self.stats))
         self.progress.tick(self.stats.totals, lambda: total_lag(self.intakes))
         if self.config.retry_failed_after_secs > 0 and self.retry_schedule.due(now) \
                 and self.state is DaemonState.RUNNING:
@@ -348,13 +333,6 @@ class Supervisor:
         if messages:
             key, value = log_message(self.config.log.program_id, messages)
             self._produce(self.config.log.topic, key, value, None)
-
-    def _status_line(self) -> str:
-        totals = self.stats.totals
-        in_progress = sum(len(i.assembler.files) for i in self.intakes)
-        return (f"{totals['files_completed']} files done, {totals['files_failed']} failed, {in_progress} assembling, "
-                f"{self.pool.pending()} queued; staging {human_bytes(self.staging.memory_used)} memory, "
-                f"{human_bytes(self.staging.spill_used)} spill")
 
     # -- what the control socket sees (omsd.control.handlers.DaemonView) ---------------------------------
     def health(self) -> tuple[bool, list[str]]:

@@ -4,7 +4,8 @@ A job is created when a file is complete (or when a failed file is retried
 from its kept bytes), sent to its worker slot, and finished when the worker's
 result has arrived and every result message it produced is acknowledged.
 Only then is the outcome written to the registry, the staging space freed and
-the file's offsets released — in that order.
+the file's offsets released — in that order. A file that expired before it
+was complete gets its outcome ("expired", or "corrupt") recorded here too.
 
 Registry writes go through :class:`~omsd.statewrites.StateWrites`: when the
 disk is full they wait (in order) and are retried, and a job stays a job —
@@ -13,6 +14,7 @@ its staging kept, its offsets held — until its outcome is recorded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -233,6 +235,25 @@ class FileJobs:
         else:
             error = result.error or result.status.value
             self._settle(job, {p.name: error for p in job.pipelines}, "failed", error, keep=True)
+
+    def expired(self, assembly: FileAssembly) -> None:
+        """An incomplete file received nothing for too long (the assembler dropped it): recorded as expired,
+        or as corrupt when it had been reopened to replace bad chunks and no good copy came."""
+        received = f"{len(assembly.received)}/{assembly.n_total} chunks"
+        file_hash = assembly.chunk.file_hash.hex()
+        if assembly.suspect:
+            log.error("corrupt file expired without good copies of its bad chunks",
+                      path=assembly.relative_path, topic=assembly.topic, chunks_received=received)
+            self.writes.run(f"corrupt {assembly.relative_path}", functools.partial(
+                self.registry.record_rejected_file, assembly.topic, assembly.relative_path, file_hash, "corrupt",
+                f"chunks failed their hashes; no good copies ({received})"))
+            self.stats.file_failed()
+            return
+        log.warning("incomplete file expired", path=assembly.relative_path, topic=assembly.topic,
+                    chunks_received=received)
+        self.writes.run(f"expired {assembly.relative_path}", functools.partial(
+            self.registry.record_rejected_file, assembly.topic, assembly.relative_path, file_hash, "expired",
+            received))
 
     def _corrupt(self, job: FileJob, result: FileResult) -> None:
         """The assembled bytes do not match the whole-file sha512.
