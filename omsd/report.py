@@ -67,7 +67,7 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
     now = time.monotonic()
     rejected: dict[str, int] = {}
     for intake in intakes:
-        for reason, count in intake.rejected.items():
+        for reason, count in intake.rejections.counts.items():
             rejected[reason] = rejected.get(reason, 0) + count
     return {
         "pid": os.getpid(), "state": state.value, "uptime_s": round(uptime_s, 1),
@@ -83,7 +83,7 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
                      "available": bool(handover and handover.available),
                      "skipped_messages": sum(intake.handed_over_skipped for intake in intakes)},
         "decryption": [{"group": i.group_id, **i.decryptor.describe()} for i in intakes if i.decryptor is not None],
-        "recent_rejections": [r for intake in intakes for r in intake.recent_rejections][-RECENT_SHOWN:],
+        "recent_rejections": [r for intake in intakes for r in intake.rejections.recent][-RECENT_SHOWN:],
         "recent_errors": stats.recent_errors[-RECENT_SHOWN:],
         "recent_files": list(stats.recent_files),
         "failed_files": (failed or [])[:RECENT_SHOWN],

@@ -10,13 +10,13 @@ it stays in its group during a slow analysis.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import OFFSET_INVALID, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Message, TopicPartition
 
 from omsd.intake.assembly import Assembler, FileAssembly, FileKey
 from omsd.config import Config, PipelineConfig
@@ -29,24 +29,15 @@ from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_
 from omsd.registry import Registry
 from omsd.intake.staging import Staging, StagingFull
 from omsd.intake.undecryptable import UndecryptableStore
+from omsd.intake.fetch import batch_size, fetch
+from omsd.intake.rejections import Rejections
 from omsd.intake.watermark import TopicPartitionKey, Watermarks
 
 log = structlog.get_logger(__name__)
 
 FINISHED_CACHE_SIZE = 10000
-RECENT_REJECTIONS = 50
-# Messages staged per turn of the supervisor loop: about BATCH_BYTES, so that completed files reach idle
-# workers promptly (a 64 MiB batch kept workers waiting ~0.1 s for their next file), yet enough small
-# messages per turn that the loop's own work stays negligible.
-BATCH_BYTES = 4 << 20
-MAX_BATCH = 500
 HASH_THREADS = 2
 HANDOVER_EVERY_S = 5.0  # progress records while running (when they changed), so a crash repeats little
-
-
-def batch_size(average_message_bytes: int) -> int:
-    """How many messages to take per loop turn, given the average message size."""
-    return max(1, min(MAX_BATCH, BATCH_BYTES // max(1, average_message_bytes)))
 
 
 class Intake:
@@ -62,7 +53,6 @@ class Intake:
         self.topics = sorted({p.topic for p in pipelines})
         self.registry = registry
         self.on_read = on_read
-        self.on_reject = on_reject
         self.before_revoke = before_revoke
         self.handover = handover
         self.handed_over_skipped = 0  # messages the previous owner of their partition had finished
@@ -75,8 +65,7 @@ class Intake:
         self.assigned: set[TopicPartitionKey] = set()
         self.flow = FlowControl(self._set_paused)
         self.unassigned_since: float | None = None  # when the last partition went (rebalance, outage)
-        self.rejected: Counter[str] = Counter()
-        self.recent_rejections: list[dict] = []
+        self.rejections = Rejections(group_id, on_reject)
         self.messages_read = 0
         self._message_bytes = 64 << 10  # running average of message sizes, for the batch size
         self._finished: OrderedDict[FileKey, bool] = OrderedDict()
@@ -152,7 +141,7 @@ class Intake:
         (sha512 releases the GIL); then the chunks are staged in order.
         """
         self.flow.retry_staging(time.monotonic())
-        messages = self._fetch(batch_size(self._message_bytes), timeout)
+        messages = fetch(self.consumer, batch_size(self._message_bytes), timeout)
         opened: list[Opened] = []
         if self.decryptor is not None:
             messages = self.decryptor.admit(messages)  # those still waiting for their key are held back
@@ -186,20 +175,6 @@ class Intake:
         for item in opened:
             self._stage_opened(item, completed)
         return completed
-
-    def _fetch(self, batch: int, timeout: float) -> list[Message]:
-        """Up to ``batch`` messages; waits at most ``timeout`` for the first, none for the rest.
-
-        (``consume`` would wait out its whole timeout unless the batch fills, which delays the one small
-        file that arrives while the daemon is idle by up to the timeout.)
-        """
-        messages = self.consumer.consume(num_messages=batch, timeout=0)
-        if messages or timeout <= 0:
-            return messages
-        first = self.consumer.poll(timeout)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(num_messages=batch - 1, timeout=0)] if batch > 1 else [first]
 
     def _stage_opened(self, opened: Opened, completed: list[FileAssembly]) -> None:
         """A message decrypted after waiting for its key, or read again from its kept file."""
@@ -307,15 +282,8 @@ class Intake:
             self.watermarks.finished(tp, offset)
 
     def reject(self, exc: ProtocolError, tp: TopicPartitionKey, offset: int) -> None:
-        """A message we cannot use: logged with where it is, counted, skipped."""
-        self.rejected[exc.reason] += 1
-        if self.on_reject is not None:
-            self.on_reject(exc.reason)
-        entry = {"time": time.time(), "topic": tp[0], "partition": tp[1], "offset": offset, "reason": exc.reason,
-                 "detail": exc.detail}
-        self.recent_rejections = (self.recent_rejections + [entry])[-RECENT_REJECTIONS:]
-        log.warning("rejected message", group=self.group_id, topic=tp[0], partition=tp[1], offset=offset,
-                    reason=exc.reason, detail=exc.detail)
+        """A message we cannot use: logged with where it is, counted, skipped (see :class:`Rejections`)."""
+        self.rejections.add(exc, tp, offset)
 
     def pipelines_for(self, topic: str, relative_path: str) -> list[PipelineConfig]:
         return [p for p in self.pipelines if p.topic == topic and p.matches(relative_path)]

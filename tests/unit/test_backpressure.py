@@ -44,7 +44,7 @@ def test_no_workers_means_no_backpressure() -> None:
 
 def test_the_supervisor_stages_about_four_mib_per_loop_turn() -> None:
     """Big chunks: few per turn, so finished files reach idle workers soon; small ones: many, up to a cap."""
-    from omsd.intake.consumer import BATCH_BYTES, MAX_BATCH, batch_size
+    from omsd.intake.fetch import BATCH_BYTES, MAX_BATCH, batch_size
 
     assert batch_size(512 << 10) == BATCH_BYTES // (512 << 10) == 8
     assert batch_size(64 << 20) == 1
