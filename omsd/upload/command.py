@@ -28,10 +28,8 @@ from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
 from omsd.upload.keys import DEFAULT_KEY_LINGER_S, linger_for_keys, open_node_or_report
 from omsd.upload.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S, Progress
-from omsd.upload.engine import (
-    CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader,
-    collect_files,
-)
+from omsd.upload.engine import CHUNK_QUEUE_BYTES, DEFAULT_CONNECT_TIMEOUT, FileJob, Uploader
+from omsd.upload.files import OPENMSISTREAM_UPLOAD_REGEX, FileEntry, collect_files
 
 
 def _regex(text: str) -> re.Pattern[str]:

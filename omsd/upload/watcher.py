@@ -48,9 +48,8 @@ from omsd.telemetry.options import resolve
 from omsd.upload.console import connect, print_error
 from omsd.crypto.node import CryptoNode
 from omsd.upload.keys import open_node_or_report
-from omsd.upload.engine import (
-    OPENMSISTREAM_UPLOAD_REGEX, FileEntry, FileJob, Uploader, UploadError, display_path, walk_directory,
-)
+from omsd.upload.engine import FileJob, Uploader, UploadError
+from omsd.upload.files import OPENMSISTREAM_UPLOAD_REGEX, FileEntry, display_path, walk_directory
 from omsd.upload.telemetry import UploadTelemetry
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,7 @@ import pytest
 
 from omsd.config import load_config
 from omsd.upload.command import add_upload_arguments
-from omsd.upload.engine import OPENMSISTREAM_UPLOAD_REGEX, FileEntry, display_path
+from omsd.upload.files import OPENMSISTREAM_UPLOAD_REGEX, FileEntry, display_path
 from omsd.telemetry.options import resolve
 from omsd.upload.watcher import UploadState
 
@@ -109,7 +109,7 @@ def test_state_file_knows_its_first_start_even_when_nothing_was_recorded(tmp_pat
 
 
 def test_one_shot_upload_regex_filters_directories_not_named_files(tmp_path: Path) -> None:
-    from omsd.upload.engine import collect_files
+    from omsd.upload.files import collect_files
 
     for rel in ("keep.dat", "sub/keep.dat", "sub/drop.txt", "run.log"):
         (tmp_path / "d" / rel).parent.mkdir(parents=True, exist_ok=True)
