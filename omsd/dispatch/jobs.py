@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from omsd.telemetry.totals import Stats
 from workers.messages import FileMeta, FileResult, FileTask, ResultStatus, StepFinished, StepStatus
 
 log = structlog.get_logger(__name__)
+_per_file = logging.getLogger(__name__)  # the same logger's level, asked before building a per-file line
 
 MAX_REPAIRS = 3  # times a file is reopened to replace corrupt chunks before it is declared corrupt
 Produce = Callable[[str, str, bytes, Callable | None], None]
@@ -313,7 +315,9 @@ class FileJobs:
             log.error("file failed", path=job.relative_path, topic=job.topic, error=error)
         names = [p.name for p in job.pipelines]
         self.stats.remember(job.relative_path, job.topic, job.size, status, names, error)
-        log.debug("file done", path=job.relative_path, topic=job.topic, size=job.size, status=status, pipelines=names)
+        if _per_file.isEnabledFor(logging.DEBUG):  # asked first: a line per file costs ~50 ns at info, not 4 µs
+            log.debug("file done", path=job.relative_path, topic=job.topic, size=job.size, status=status,
+                      pipelines=names)
         self._finish_file(job, recorded=True)
 
     @staticmethod
