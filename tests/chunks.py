@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -108,4 +109,15 @@ def tree(root: Path) -> dict[str, bytes]:
                 out[path.relative_to(root).as_posix()] = path.read_bytes()
         except FileNotFoundError:
             continue
+    return out
+
+
+def log_events(log_path: Path) -> list[dict]:
+    """The daemon's JSON log lines; any other line (librdkafka's raw output, say) as ``{"raw": line}``."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"raw": line})
     return out

@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from omsd.dev.broker import EmbeddedBroker
 from omsd.telemetry.kafkalog import REPORT_AFTER_S
-from tests.chunks import REPO, produce_files, start_daemon, stop_daemon, tree, wait_for
+from tests.chunks import REPO, log_events, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import pipeline, write_config
 
 
@@ -26,15 +26,6 @@ def status(cfg) -> dict:
                           capture_output=True, text=True, timeout=30, cwd=REPO)
     return json.loads(done.stdout)
 
-
-def events(log_path) -> list[dict]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            out.append({"raw": line})
-    return out
 
 
 def test_outage_is_summarised_and_health_recovers_within_seconds(tmp_path, topic) -> None:
@@ -54,7 +45,7 @@ def test_outage_is_summarised_and_health_recovers_within_seconds(tmp_path, topic
         wait_for(lambda: any("broker unreachable" in r for r in check(cfg)[1]["reasons"]), 30,
                  "check to report the broker unreachable", proc, log)
         wait_for(lambda: any(e.get("event", "").startswith(f"broker {broker.bootstrap} unreachable")
-                             for e in events(log)), REPORT_AFTER_S + 20, "the summary warning", proc, log)
+                             for e in log_events(log)), REPORT_AFTER_S + 20, "the summary warning", proc, log)
 
         broker.start()  # same port, memory only: it comes back empty
         back = time.monotonic()
@@ -74,7 +65,7 @@ def test_outage_is_summarised_and_health_recovers_within_seconds(tmp_path, topic
         if proc.poll() is None:
             proc.kill()
         broker.stop()
-    lines = events(log)
+    lines = log_events(log)
     raw = [e["raw"] for e in lines if "raw" in e]
     assert not raw, raw[:5]  # librdkafka's own %3|...|FAIL| lines never reach stderr
     warnings = [e for e in lines if e.get("event", "").startswith(f"broker {broker.bootstrap} unreachable")]

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
-from tests.chunks import produce_files, start_daemon, stop_daemon, tree, wait_for
+from tests.chunks import log_events, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import write_config
 
 
-def lines(log_path) -> list[dict]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+
+def events(log_path) -> list[dict]:
+    return [e for e in log_events(log_path) if "raw" not in e]
 
 
 def download(broker, tmp_path, name: str, *flags: str) -> tuple[list[dict], dict[str, bytes]]:
@@ -31,12 +25,12 @@ def download(broker, tmp_path, name: str, *flags: str) -> tuple[list[dict], dict
         wait_for(lambda: out.exists() and tree(out) == files, 60, "files saved", proc, log)
         if "-v" not in flags:
             wait_for(lambda: any(e["event"].startswith("progress:") and e.get("files_total") == len(files)
-                                 for e in lines(log)), 30, "a progress line counting every file", proc, log)
+                                 for e in events(log)), 30, "a progress line counting every file", proc, log)
         assert stop_daemon(proc) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    return lines(log), files
+    return events(log), files
 
 
 def test_default_level_has_progress_lines_and_no_line_per_file(broker, tmp_path) -> None:
