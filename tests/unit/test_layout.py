@@ -6,12 +6,14 @@
   ``omsd.cli`` whose classes start the daemon, and nothing else in ``workers/`` imports it;
 - the supervisor side reaches the worker side only through ``workers.main``, ``workers.messages`` and
   ``workers.pipeline``;
-- no module is longer than 450 lines.
+- no module is longer than 450 lines;
+- README.md's module map names every module of each folder it lists.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +147,21 @@ def test_the_supervisor_side_reaches_the_workers_only_through_their_entry_points
 def test_no_module_is_longer_than_the_limit(module: str) -> None:
     lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_the_readme_module_map_names_every_module() -> None:
+    """Each folder's row of README.md's module map lists exactly the modules (and sub-packages) it holds."""
+    rows: dict[str, set[str]] = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = line.split("|")
+        folder = cells[1].strip().strip("`") if len(cells) > 3 else ""
+        if folder.endswith("/") and folder.split("/")[0] in PACKAGES and (ROOT / folder).is_dir():
+            rows[folder.rstrip("/")] = set(re.findall(r"`([\w/]+)`", cells[2]))
+    assert {"omsd", "workers", "omsd/intake", "omsd/dispatch"} <= set(rows), "README.md's module map is missing"
+    for folder, listed in rows.items():
+        here = ROOT / folder
+        present = {p.stem for p in here.glob("*.py") if p.stem != "__init__"}
+        present |= {f"{p.name}/" for p in here.iterdir() if (p / "__init__.py").exists()}
+        present -= {f"{name.rpartition('/')[2]}/" for name in rows if name.rpartition("/")[0] == folder}
+        assert listed == present, (f"README.md module map, {folder}/: missing {sorted(present - listed)}, "
+                                   f"no such module {sorted(listed - present)}")
