@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_telemetry_arguments(download)
     _add_daemon_output_arguments(download)
+    from omsd.crypto.settings import add_decrypt_arguments
+
+    add_decrypt_arguments(download)
     download.set_defaults(func=_download_command)
 
     from omsd.upload.command import add_upload_arguments

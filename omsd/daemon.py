@@ -13,6 +13,7 @@ import structlog
 
 from omsd import exitcodes
 from omsd.config import Config, ConfigError, PipelineConfig, load_config
+from omsd.crypto.settings import decrypt_overrides
 from omsd.logging import configure_logging, use_log_level
 from omsd.malloc import tune_malloc
 from omsd.telemetry.progress import DEFAULT_EVERY_S, ProgressLog
@@ -105,7 +106,8 @@ def download_command(args: argparse.Namespace) -> int:
         config = download_config(config, args.dir.resolve(), args.topic, group_id=args.group_id,
                                  match=args.match, workers=args.workers)
         heartbeat, log_topic = resolve_telemetry(config, args)  # OpenMSIStream's --heartbeat_topic_name ...
-        config = replace(config, heartbeat=heartbeat, log=log_topic)
+        config = replace(config, heartbeat=heartbeat, log=log_topic,
+                         kafkacrypto=decrypt_overrides(config.kafkacrypto, args, ConfigError))
         if args.match:
             import re
 

@@ -7,7 +7,8 @@ As in OpenMSIStream: ``node_id: NAME`` names the folder ``NAME/`` beside the con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,33 @@ def read_section(section: dict[str, Any] | None, config_path: Path | None, where
         return resolve(section, config_path.parent if config_path else Path.cwd())
     except CryptoSettingsError as exc:
         raise error(f"{where}: kafkacrypto: {exc}") from None
+
+
+def add_decrypt_arguments(parser: argparse.ArgumentParser) -> None:
+    """OpenMSIStream's downloader options for encrypted topics (they override the kafkacrypto section)."""
+    parser.add_argument("--max_wait_per_decrypt", "--max-wait-per-decrypt", dest="max_wait_per_decrypt", type=float,
+                        default=None, metavar="S", help="encrypted topics: seconds each message waits for its key "
+                                                        f"at least (default {DEFAULT_MAX_WAIT_S:g})")
+    parser.add_argument("--max_initial_wait_per_decrypt", "--max-initial-wait-per-decrypt",
+                        dest="max_initial_wait_per_decrypt", type=float, default=None, metavar="S",
+                        help="encrypted topics: seconds the messages under a new key wait for it "
+                             f"(default {DEFAULT_MAX_INITIAL_WAIT_S:g})")
+    parser.add_argument("--treat_undecryptable_as_plaintext", "--treat-undecryptable-as-plaintext",
+                        dest="treat_undecryptable_as_plaintext", action="store_true", default=None,
+                        help="encrypted topics: pass messages that are not KafkaCrypto messages on as plain")
+
+
+def decrypt_overrides(settings: CryptoSettings | None, args: argparse.Namespace,
+                      error: type[Exception] = CryptoSettingsError) -> CryptoSettings | None:
+    """``settings`` with the options of :func:`add_decrypt_arguments` that were given."""
+    given = {field: getattr(args, option) for option, field in (
+        ("max_wait_per_decrypt", "max_wait_s"), ("max_initial_wait_per_decrypt", "max_initial_wait_s"),
+        ("treat_undecryptable_as_plaintext", "treat_undecryptable_as_plaintext"))
+        if getattr(args, option, None) is not None}
+    if not given:
+        return settings
+    if settings is None:
+        raise error("--max_wait_per_decrypt and its kin need a kafkacrypto section in the config file")
+    if any(isinstance(v, float) and v < 0 for v in given.values()):
+        raise error("decrypt waits cannot be negative")
+    return replace(settings, **given)

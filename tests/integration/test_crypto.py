@@ -176,8 +176,12 @@ def _keep_undecryptable(broker, topic: str, tmp_path: Path, retry_secs: float) -
                 and sum(p["committed"] for p in parts) >= n_messages(files)
                 and all(p["watermark"] == p["committed"] for p in parts))
 
-    wait_for(all_kept_and_committed, 30, "every message kept undecrypted and committed past", daemon, log)
-    assert not out.exists() or tree(out) == {}
+    try:
+        wait_for(all_kept_and_committed, 30, "every message kept undecrypted and committed past", daemon, log)
+        assert not out.exists() or tree(out) == {}
+    except BaseException:
+        stop_daemon(daemon)
+        raise
     return up_cfg, down_cfg, log, {"daemon": daemon, "files": files, "src": src, "out": out}
 
 

@@ -59,3 +59,21 @@ def test_bad_sections_name_the_file_and_line(tmp_path: Path, body: str, message:
     with pytest.raises(ConfigError, match=message) as info:
         load_config(cfg)
     assert f"{cfg}:2" in str(info.value)
+
+
+def test_downloader_options_override_the_section(tmp_path: Path) -> None:
+    from omsd.cli import build_parser
+    from omsd.crypto.settings import decrypt_overrides
+
+    node(tmp_path, "lab")
+    cfg = tmp_path / "omsd.yaml"
+    cfg.write_text("kafkacrypto: {node_id: lab, max_wait_per_decrypt: 9}\n")
+    settings = load_config(cfg).kafkacrypto
+    args = build_parser().parse_args(["download", "out", "--config", str(cfg), "--topic", "t",
+                                      "--max_initial_wait_per_decrypt", "3", "--treat_undecryptable_as_plaintext"])
+    changed = decrypt_overrides(settings, args, ConfigError)
+    assert (changed.max_initial_wait_s, changed.max_wait_s, changed.treat_undecryptable_as_plaintext) == (3, 9, True)
+    with pytest.raises(ConfigError, match="need a kafkacrypto section"):
+        decrypt_overrides(None, args, ConfigError)
+    plain = build_parser().parse_args(["download", "out", "--config", str(cfg), "--topic", "t"])
+    assert decrypt_overrides(settings, plain) is settings
