@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,8 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=24)
     parser.add_argument("--size-mib", type=float, default=8.0)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="omsd-bench-crypto-"))
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-crypto-"))
+    work.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(data_dir=work / "broker")
     broker.start()
     try:
@@ -114,6 +117,8 @@ def main() -> None:
             holder.wait(60)
     finally:
         broker.stop()
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
     mb = total / 1e6
     print(f"{len(names)} files x {args.size_mib:g} MiB = {mb:.0f} MB; encrypted upload took {encrypt_s:.1f} s "
           f"({mb / encrypt_s:.0f} MB/s, until its last chunk was acknowledged)")
