@@ -102,18 +102,23 @@ class KafkaLog:
 
     # -- what the clients are given ----------------------------------------------------------------
     def client_settings(self, *, polled: bool, on_error: Callable[[Any], None] | None = None) -> dict[str, Any]:
-        """confluent-kafka settings for one client. ``polled``: the client is polled all the time, so its
-        statistics are served promptly (librdkafka queues them until the next poll). ``on_error`` also
-        receives this client's errors."""
+        """confluent-kafka settings for one client.
+
+        ``polled``: the client is polled all the time. With a Python logger, error callback or statistics,
+        librdkafka queues its log lines, errors and statistics until the next poll, so only such clients get
+        them (and speak for the brokers); the others (the handover topic's reader and writer, admin clients),
+        polled now and then, are kept silent instead (``log_level`` 0: nothing on stderr, nothing queued);
+        their failures show as exceptions or undelivered records. ``on_error`` also receives the errors.
+        """
+        if not polled:
+            return {"log_level": 0} if on_error is None else {"log_level": 0, "error_cb": on_error}
         error_cb = self.error
         if on_error is not None:
             def error_cb(err: Any) -> None:
                 self.error(err)
                 on_error(err)
-        settings: dict[str, Any] = {"logger": self, "error_cb": error_cb}
-        if polled:
-            settings.update({"stats_cb": self.stats, "statistics.interval.ms": STATS_INTERVAL_MS})
-        return settings
+        return {"logger": self, "error_cb": error_cb, "stats_cb": self.stats,
+                "statistics.interval.ms": STATS_INTERVAL_MS}
 
     # -- confluent-kafka's callbacks ---------------------------------------------------------------
     def log(self, level: int, fmt: str, *args: Any) -> None:

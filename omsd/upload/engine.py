@@ -329,7 +329,7 @@ def open_producer(config: Config, topic: str, *, file_affine: bool,
     overrides: dict[str, object] = {}
     if "queue.buffering.max.kbytes" not in config.producer:
         overrides["queue.buffering.max.kbytes"] = 128 * 1024  # plenty in flight; keeps memory modest
-    producer = make_producer(config, on_error=errors, **overrides)
+    producer = make_producer(config, polled=True, on_error=errors, **overrides)
     bootstrap = producer_config(config).get("bootstrap.servers", "?")
     servers = [s.strip() for s in str(bootstrap).split(",") if s.strip()]
     start = time.monotonic()
