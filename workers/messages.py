@@ -2,7 +2,8 @@
 
 A leaf module (stdlib only): the supervisor's pool and jobs and the worker's
 main loop import it, and it imports neither. Messages travel pickled through
-each worker's duplex pipe; the receiver dispatches on ``message.kind``::
+each worker's duplex pipe; the receiver dispatches on ``message.kind``, a
+class attribute (it is not pickled, and no sender can choose it)::
 
     supervisor → worker   FileTask            process one staged file
                           Stop                exit after the current file
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import ClassVar
 
 
 class MessageKind(str, Enum):
@@ -68,14 +70,14 @@ class FileTask:
     pipelines: tuple[str, ...]
     done: dict[str, tuple[int, ...]]  # per pipeline, the indexes of steps that finished in an earlier run
     chunks: tuple[tuple[int, int, int, bytes], ...] = ()  # (chunk_i, offset, length, sha512), to name bad chunks
-    kind: MessageKind = field(default=MessageKind.TASK, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.TASK
 
 
 @dataclass(frozen=True)
 class Stop:
     """Exit after the current file."""
 
-    kind: MessageKind = field(default=MessageKind.STOP, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.STOP
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Ready:
     """The worker has built its pipelines and takes work."""
 
     pid: int
-    kind: MessageKind = field(default=MessageKind.READY, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.READY
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class BootFailed:
     """The worker cannot build its pipelines (a step's code fails to import, ...)."""
 
     error: str
-    kind: MessageKind = field(default=MessageKind.BOOT_FAILED, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.BOOT_FAILED
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class StepFinished:
     error: str | None
     duration_s: float
     produced: tuple[Produced, ...] = ()
-    kind: MessageKind = field(default=MessageKind.STEP, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.STEP
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class FileResult:
     bad_chunks: tuple[int, ...] = ()  # with HASH_MISMATCH: chunks whose data does not match their own hash
     error: str | None = None
     duration_s: float | None = None  # with OK: the time the file took in the worker
-    kind: MessageKind = field(default=MessageKind.RESULT, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.RESULT
 
 
 #: Messages the supervisor sends.
