@@ -65,7 +65,11 @@ def test_duplicate_chunks_are_idempotent_and_processed_once(broker, topic, tmp_p
                  "every copy read", proc, log)
         status = ControlClient(sock).request("status")
         assert status["in_progress"] == []  # no late duplicate left a partial file holding offsets
-        assert all(p["watermark"] == p["committed"] or p["committed"] is None for p in status["partitions"])
+
+        def committed_up_to_the_watermark() -> bool:  # commits follow the watermark at most once a second
+            partitions = ControlClient(sock).request("status")["partitions"]
+            return all(p["watermark"] == p["committed"] or p["committed"] is None for p in partitions)
+        wait_for(committed_up_to_the_watermark, 10, "the commits to reach the watermark", proc, log)
     finally:
         assert stop_daemon(proc) == 0
     assert sorted(recorded(record)) == sorted(files)
