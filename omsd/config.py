@@ -103,9 +103,8 @@ class Config:
     metrics_port: int | None = None
     shutdown_timeout_secs: float = 60.0
     retry_failed_after_secs: float = 600.0
-    # Free space kept in state_dir's file system for the registry (and kept failed files): file bytes
-    # are not spilled there while less than this is free.
-    state_reserve_bytes: int = 64 << 20
+    state_reserve_bytes: int = 64 << 20  # free space kept in state_dir for the registry: no spilling below it
+    step_timeout_secs: float | None = 3600.0  # one step attempt's limit unless its timeout_secs says (None: none)
     handover_topic: str | None = DEFAULT_HANDOVER_TOPIC
     kafkacrypto: CryptoSettings | None = None  # encrypted topics (see omsd.crypto)
     pipelines: list[PipelineConfig] = field(default_factory=list)
@@ -237,7 +236,7 @@ class _Reader:
 
 _TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
              "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs",
-             "retry_failed_after_secs", "handover_topic", "state_reserve_bytes", "kafkacrypto"}
+             "retry_failed_after_secs", "handover_topic", "state_reserve_bytes", "kafkacrypto", "step_timeout_secs"}
 _PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
 
 
@@ -339,8 +338,9 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
             program_id=str(reader.string(heartbeat, "program_id", "omsd")),
         )
     cfg.retry_failed_after_secs = float(reader.number(data, "retry_failed_after_secs", 600.0))
-    cfg.state_reserve_bytes = parse_size(data.get("state_reserve_bytes", Config.state_reserve_bytes),
-                                         reader.where(data, "state_reserve_bytes"))
+    no_limit = "step_timeout_secs" in data and data["step_timeout_secs"] is None
+    cfg.step_timeout_secs = None if no_limit else float(reader.number(data, "step_timeout_secs", 3600.0, minimum=1e-3))
+    cfg.state_reserve_bytes = parse_size(data.get("state_reserve_bytes", 64 << 20), reader.where(data, "state_reserve_bytes"))
     cfg.handover_topic = reader.string(data, "handover_topic", DEFAULT_HANDOVER_TOPIC) or None
     log_node = reader.mapping(data, "log", {"topic", "interval_secs", "program_id", "level"})
     if log_node:

@@ -5,7 +5,9 @@ For each file it runs the steps in order; steps that finished in an earlier
 run (``done``) are only restored. A failing step is retried with
 exponential backoff; the run stops at the first step that still fails.
 Every finished step is reported at once through ``on_step`` so that the
-caller can record it durably before the next step starts.
+caller can record it durably before the next step starts; every attempt is
+announced through ``on_attempt`` with its time limit, so that the supervisor's
+watchdog can tell a hung step from a slow one.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _without_step_name(message: str, pipeline: str) -> str:
 
 
 def _build_all(
-    name: str, topic: str, steps: Iterable[Any], *, load_functions: bool
+    name: str, topic: str, steps: Iterable[Any], *, load_functions: bool, default_timeout_s: float | None = None
 ) -> tuple[list[Step], list[str]]:
     """Build every step, collecting errors instead of stopping at the first."""
     built: list[Step] = []
@@ -88,6 +90,7 @@ def _build_all(
             step = build_step(
                 kind, options, pipeline=name, topic=topic,
                 has_prior_save=has_prior_save, load_functions=load_functions,
+                default_timeout_s=default_timeout_s,
             )
         except StepConfigError as exc:
             errors.append(f"pipeline {name!r} steps[{i}] ({kind}): {_without_step_name(str(exc), name)}")
@@ -126,6 +129,7 @@ class PipelineRunner:
         steps: list[tuple[str, dict]],
         retries: int = 2,
         backoff_s: float = 0.5,
+        default_timeout_s: float | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -135,7 +139,7 @@ class PipelineRunner:
         self.topic = topic
         self.retries = retries
         self.backoff_s = backoff_s
-        self.steps, errors = _build_all(name, topic, steps, load_functions=True)
+        self.steps, errors = _build_all(name, topic, steps, load_functions=True, default_timeout_s=default_timeout_s)
         if errors:
             raise StepConfigError("; ".join(errors))
         if not self.steps:
@@ -156,12 +160,14 @@ class PipelineRunner:
             log.debug("preparing a step failed; it runs in full", pipeline=self.name, kind=step.kind,
                       error=_describe(exc))
 
-    def run(self, datafile: DataFile, done: Iterable[int], on_step: Callable[[StepOutcome], None]) -> bool:
+    def run(self, datafile: DataFile, done: Iterable[int], on_step: Callable[[StepOutcome], None],
+            on_attempt: Callable[[int, Step, int], None] | None = None) -> bool:
         """Run the pipeline on ``datafile``; True when every step is done.
 
         Steps whose index is in ``done`` are restored, not run, and not
         reported. Each other step is reported through ``on_step`` as soon as
         it is done or has failed its last attempt; the run stops there.
+        ``on_attempt(index, step, attempt)`` is called before each attempt.
         """
         done = set(done)
         ctx = StepContext(datafile=datafile, pipeline=self.name, topic=self.topic, state={})
@@ -174,18 +180,21 @@ class PipelineRunner:
                 except Exception as exc:  # run it again rather than give up
                     bound.warning("restoring a finished step failed; running it again",
                                   step=index, kind=step.kind, error=_describe(exc))
-            outcome = self._run_step(index, step, ctx, bound)
+            outcome = self._run_step(index, step, ctx, bound, on_attempt)
             on_step(outcome)
             if outcome.status != "done":
                 return False
         return True
 
-    def _run_step(self, index: int, step: Step, ctx: StepContext, bound: Any) -> StepOutcome:
+    def _run_step(self, index: int, step: Step, ctx: StepContext, bound: Any,
+                  on_attempt: Callable[[int, Step, int], None] | None = None) -> StepOutcome:
         started = time.monotonic()
         error: str | None = None
         attempts = 0
         for attempt in range(self.retries + 1):
             attempts = attempt + 1
+            if on_attempt is not None:
+                on_attempt(index, step, attempts)
             try:
                 messages = list(step.run(ctx))
             except Exception as exc:

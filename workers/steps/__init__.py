@@ -32,12 +32,14 @@ def build_step(
     topic: str,
     has_prior_save: bool = False,
     load_functions: bool = True,
+    default_timeout_s: float | None = None,
 ) -> Step:
     """Build the step ``kind`` from its options; raises StepConfigError if they are invalid.
 
     ``has_prior_save`` tells the step whether an earlier step of the same
     pipeline saves the file. With ``load_functions=False`` user functions are
-    only checked for the ``module:attr`` form, not imported.
+    only checked for the ``module:attr`` form, not imported. ``default_timeout_s`` is the time limit
+    of a step without ``timeout_secs`` (the daemon's ``step_timeout_secs``).
     """
     cls = STEP_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -45,5 +47,6 @@ def build_step(
         raise StepConfigError(f"pipeline {pipeline!r}: unknown step kind {kind!r} (known: {known})")
     kwargs: dict[str, Any] = {
         "pipeline": pipeline, "topic": topic, "has_prior_save": has_prior_save, "load_functions": load_functions,
+        "default_timeout_s": default_timeout_s,
     }
     return cls(options, **kwargs)

@@ -6,6 +6,11 @@ on many files. ``__init__`` checks the options strictly and raises
 one file and raises on failure; ``restore`` is called instead of ``run`` when
 an earlier attempt already finished the step, to re-establish what later
 steps rely on (for example where the file was saved) without redoing work.
+
+Every step also accepts ``timeout_secs``: the longest one attempt may run
+(a positive number of seconds, or null for no limit), else the daemon's
+``step_timeout_secs``. The supervisor's watchdog enforces it by killing the
+worker (see :attr:`Step.watchdog_s`); the attempt then counts as a failure.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from workers.datafile import DataFile
+
+
+TIMEOUT_OPTION = "timeout_secs"
 
 
 class StepConfigError(ValueError):
@@ -56,6 +64,16 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     item_type: type | None = None  # element type for list options, value type for dicts
+
+
+def _check_time_limit(value: Any, where: str) -> float | None:
+    """``timeout_secs``: a positive number of seconds, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise StepConfigError(f"{where}: option {TIMEOUT_OPTION!r} must be a positive number of seconds "
+                              f"or null (no limit), got {value!r}")
+    return float(value)
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -108,12 +126,28 @@ class Step(ABC):
         topic: str,
         has_prior_save: bool = False,
         load_functions: bool = True,
+        default_timeout_s: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.topic = topic
         self.has_prior_save = has_prior_save
         self.load_functions = load_functions
+        given = isinstance(options, dict) and TIMEOUT_OPTION in options
+        if given:
+            options = dict(options)  # type: ignore[arg-type]
+            limit = _check_time_limit(options.pop(TIMEOUT_OPTION), self.where)
         self.options = self._check_options(options)
+        #: Seconds one attempt may run (None: no limit).
+        self.timeout_s: float | None = limit if given else self.default_time_limit(default_timeout_s)
+
+    def default_time_limit(self, daemon_default: float | None) -> float | None:
+        """The time limit of a step without ``timeout_secs``: the daemon's ``step_timeout_secs``."""
+        return daemon_default
+
+    @property
+    def watchdog_s(self) -> float | None:
+        """When the supervisor kills a worker whose attempt at this step still runs (None: never)."""
+        return self.timeout_s
 
     @property
     def where(self) -> str:

@@ -1,11 +1,15 @@
 """The ``exec`` step: run a program on the saved file.
 
-``exec: {argv: [str, ...], timeout?: seconds (300), env?: {NAME: value}}``.
+``exec: {argv: [str, ...], timeout_secs?: seconds (300), env?: {NAME: value}}`` (``timeout`` is
+an older name of ``timeout_secs``; without either the program may run 300 s, whatever the daemon's
+``step_timeout_secs``).
 In each argv item ``{path}`` becomes the saved file's full path,
 ``{relative_path}`` its path relative to the upload root and ``{filename}``
 its name. The program runs in its own process group with stdin closed and
 ``env`` added to the worker's environment. A non-zero exit or a timeout
-fails the step; on timeout the whole process group is killed.
+fails the step; on timeout the whole process group is killed (the step
+kills it itself; the supervisor's watchdog waits a little longer, so that no
+program is left behind by a killed worker).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 STDERR_TAIL = 2000
 KILL_GRACE_S = 2.0
+DEFAULT_TIMEOUT_S = 300.0
+WATCHDOG_GRACE_S = 3 * KILL_GRACE_S  # the step's own kill first; the watchdog only if that hangs
 
 
 class ExecFailed(RuntimeError):
@@ -59,12 +65,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 class ExecStep(Step):
-    """``exec: {argv, timeout?, env?}``."""
+    """``exec: {argv, timeout_secs?, env?}`` (``timeout``: the older name of ``timeout_secs``)."""
 
     kind = "exec"
     OPTIONS = {
         "argv": Option((list,), required=True, item_type=str),
-        "timeout": Option((int, float), default=300, minimum=0.001),
+        "timeout": Option((int, float), default=None, minimum=0.001),
         "env": Option((dict,), default=None, item_type=str),
     }
 
@@ -85,6 +91,15 @@ class ExecStep(Step):
             if not found:
                 raise StepConfigError(f"{self.where}: program {program!r} not found or not executable")
 
+    def default_time_limit(self, daemon_default: float | None) -> float | None:
+        """``timeout`` when given, else 300 s."""
+        timeout = self.options["timeout"]
+        return float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
+
+    @property
+    def watchdog_s(self) -> float | None:
+        return None if self.timeout_s is None else self.timeout_s + WATCHDOG_GRACE_S
+
     def argv_for(self, ctx: StepContext) -> list[str]:
         """The command line for ``ctx.datafile`` with placeholders filled in."""
         datafile = ctx.datafile
@@ -104,7 +119,7 @@ class ExecStep(Step):
 
     def run(self, ctx: StepContext) -> list[OutboundMessage]:
         argv = self.argv_for(ctx)
-        timeout = float(self.options["timeout"])
+        timeout = self.timeout_s
         started = time.monotonic()
         with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
             try:
