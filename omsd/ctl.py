@@ -198,7 +198,8 @@ def format_status(reply: dict[str, Any]) -> str:
     out += _section("Workers", reply.get("workers"), [
         ("slot", "SLOT", _cell), ("pid", "PID", _cell), ("state", "STATE", _cell),
         ("files_done", "DONE", _cell), ("restarts", "RESTARTS", _cell),
-        ("current_file", "CURRENT FILE", _cell)])
+        ("current_file", "CURRENT FILE", _cell), ("step", "STEP", _cell),
+        ("step_running_s", "RUNNING", human_duration), ("step_limit_s", "LIMIT", human_duration)])
     totals = reply.get("totals")
     if isinstance(totals, dict):
         out += [

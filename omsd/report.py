@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from omsd.dispatch.watchdog import health_reasons as watchdog_reasons
 from omsd.intake.flow import PauseReason
 from omsd.states import DaemonState, ProcessState
 from omsd.telemetry.units import human_bytes
@@ -45,6 +46,7 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
             reasons.append(f"worker slot {slot.index} is {slot.state.value}")
         elif slot.last_death is not None and now - slot.last_death < RECENT_DEATH_S:
             reasons.append(f"worker slot {slot.index} died {now - slot.last_death:.0f}s ago")
+    reasons += watchdog_reasons(pool.slots, now)
     if broker_down_since is not None and now - broker_down_since > 1.0:
         reasons.append(f"broker unreachable for {now - broker_down_since:.0f}s")
     if staging.memory_used > staging.memory_budget:

@@ -95,7 +95,8 @@ class Supervisor:
                                on_reject=self.metrics.message_rejected, on_error=self._on_kafka_error,
                                before_revoke=self.finish_revoked, handover=self.handover, crypto=self.crypto)
                         for group, pipelines in self.groups.items()]
-        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p) for p in cfg.pipelines], log_json=log_json)
+        self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p, cfg.step_timeout_secs) for p in cfg.pipelines],
+                               log_json=log_json)
         self.producer = make_producer(cfg, polled=True, on_error=self._on_kafka_error)
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
@@ -266,8 +267,11 @@ class Supervisor:
 
     # -- workers -----------------------------------------------------------------------------------
     def manage_workers(self) -> None:
+        self.pool.watch()  # murder_workers: a step past its time limit costs its worker
         for task in self.pool.reap():
             self.jobs.on_poison(task)
+        for task, run in self.pool.take_timed_out():
+            self.jobs.on_timeout(task, run, requeue=self.state is DaemonState.RUNNING)
         for slot in self.pool.slots:
             for task in slot.queue:
                 if task.deaths:  # handed out again after a worker died: skip the steps it finished
@@ -422,9 +426,10 @@ class Supervisor:
         log.info("omsd stopped", exit_code=self.exit_code)
 
 
-def _pipeline_spec(pipeline: PipelineConfig) -> dict:
+def _pipeline_spec(pipeline: PipelineConfig, step_timeout_s: float | None) -> dict:
     """What a worker needs to build a pipeline's runner (plain data, picklable)."""
-    return {"name": pipeline.name, "topic": pipeline.topic, "steps": pipeline.steps, "retries": pipeline.retries}
+    return {"name": pipeline.name, "topic": pipeline.topic, "steps": pipeline.steps, "retries": pipeline.retries,
+            "step_timeout_s": step_timeout_s}
 
 
 def report_damaged_registry(exc: RegistryDamaged) -> int:

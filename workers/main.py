@@ -27,7 +27,8 @@ from omsd.exitcodes import RET_WORKER_BOOT
 from workers.durability import make_durable
 from workers.mapped import for_each_window
 from workers.messages import (
-    BootFailed, FileResult, FileTask, MessageKind, Produced, Ready, ResultStatus, StepFinished, StepStatus,
+    BootFailed, FileResult, FileTask, MessageKind, Produced, Ready, ResultStatus, StepFinished, StepStarted,
+    StepStatus,
 )
 from workers.outbox import Outbox
 
@@ -123,8 +124,12 @@ def process(task: FileTask, runners: dict[str, Any], send: Any, saved: Any = Non
                     (saved or make_durable)(written)
                 send(step_finished(task.task_id, outcome))
 
+            def on_attempt(index: int, step: Any, attempt: int, pipeline: str = name) -> None:
+                send(StepStarted(task_id=task.task_id, pipeline=pipeline, index=index, step=step.kind,
+                                 attempt=attempt, limit_s=step.watchdog_s))
+
             datafile.full_filepath = None
-            results[name] = runner.run(datafile, done, on_step)
+            results[name] = runner.run(datafile, done, on_step, on_attempt)
     finally:
         datafile.discard_prepared()  # copies a failed or skipped step did not use
         datafile.release()
@@ -178,7 +183,8 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
         from workers.pipeline import PipelineRunner
 
         runners = {p["name"]: PipelineRunner(p["name"], p["topic"], p["steps"], retries=p.get("retries", 2),
-                                             backoff_s=p.get("backoff_s", 0.5)) for p in pipelines}
+                                             backoff_s=p.get("backoff_s", 0.5),
+                                             default_timeout_s=p.get("step_timeout_s")) for p in pipelines}
     except Exception as exc:  # noqa: BLE001 - any failure here is a boot failure
         log.error("worker failed to boot", error=repr(exc))
         try:

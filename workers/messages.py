@@ -9,6 +9,7 @@ class attribute (it is not pickled, and no sender can choose it)::
                           Stop                exit after the current file
     worker → supervisor   Ready               booted, taking work
                           BootFailed          cannot build its pipelines (then exits with RET_WORKER_BOOT)
+                          StepStarted         an attempt at a step begins, with its time limit (watchdog)
                           StepFinished        one step of one pipeline finished (recorded before the next)
                           FileResult          the file is finished (after its last StepFinished)
 """
@@ -27,6 +28,7 @@ class MessageKind(str, Enum):
     STOP = "stop"
     READY = "ready"
     BOOT_FAILED = "boot_failed"
+    STEP_STARTED = "step_started"
     STEP = "step"
     RESULT = "result"
 
@@ -106,6 +108,22 @@ class Produced:
 
 
 @dataclass(frozen=True)
+class StepStarted:
+    """An attempt at one step of one pipeline begins on the task's file.
+
+    The supervisor's watchdog times it from its arrival: past ``limit_s`` the worker is killed.
+    """
+
+    task_id: int
+    pipeline: str
+    index: int  # the step's position in its pipeline, from 0
+    step: str  # the step's kind
+    attempt: int  # from 1
+    limit_s: float | None  # None: no limit
+    kind: MessageKind = field(default=MessageKind.STEP_STARTED, init=False)
+
+
+@dataclass(frozen=True)
 class StepFinished:
     """One step of one pipeline finished on the task's file."""
 
@@ -137,4 +155,4 @@ class FileResult:
 #: Messages the supervisor sends.
 ToWorker = FileTask | Stop
 #: Messages a worker sends.
-FromWorker = Ready | BootFailed | StepFinished | FileResult
+FromWorker = Ready | BootFailed | StepStarted | StepFinished | FileResult

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from omsd.config import PipelineConfig
 from omsd.intake.consumer import Intake
 from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import Task, WorkerPool
+from omsd.dispatch.watchdog import StepRun
 from omsd.wire.protocol import ProtocolError
 from omsd.registry import Registry, RegistryFull
 from omsd.statewrites import StateWrites
@@ -39,6 +41,8 @@ from workers.messages import FileMeta, FileResult, FileTask, ResultStatus, StepF
 log = structlog.get_logger(__name__)
 _per_file = logging.getLogger(__name__)  # the same logger's level, asked before building a per-file line
 
+TIMEOUT_BACKOFF_S = 0.5  # before a timed-out step's next attempt, doubling per attempt
+MAX_BACKOFF_S = 10.0
 MAX_REPAIRS = 3  # times a file is reopened to replace corrupt chunks before it is declared corrupt
 Produce = Callable[[str, str, bytes, Callable | None], None]
 
@@ -202,6 +206,41 @@ class FileJobs:
             self.jobs.pop(task.task_id, None)
 
         self.writes.run(f"outcome of {job.relative_path}", record)
+
+    def on_timeout(self, task: Task, run: StepRun, *, requeue: bool = True) -> None:
+        """The watchdog killed the worker of ``task``: the attempt at ``run``'s step counts as a failure.
+
+        Within the pipeline's ``retries`` the task is handed out again after a back-off (its finished steps
+        skipped); past them the step is recorded failed and the file goes on with its other pipelines, or
+        is finished as failed (bytes kept, listed by ``omsctl failed``). Without ``requeue`` (a graceful
+        stop) an attempt still allowed is left for the next start.
+        """
+        job = self.jobs.get(task.task_id)
+        if job is None or job.settling:
+            return
+        key = (run.pipeline, run.index)
+        attempts = task.timeouts[key] = task.timeouts.get(key, 0) + 1
+        pipeline = self.pipelines.get(run.pipeline)
+        allowed = (pipeline.retries if pipeline is not None else 0) + 1
+        error = (f"timed out: still running after {run.limit_s:g}s, the worker was killed "
+                 f"(attempt {attempts} of {allowed})")
+        log.warning("step timed out", path=job.relative_path, step=run.label, attempt=attempts, allowed=allowed)
+        if attempts < allowed:
+            if requeue:
+                task.not_before = time.monotonic() + min(TIMEOUT_BACKOFF_S * 2 ** (attempts - 1), MAX_BACKOFF_S)
+                self.refresh(task)
+                self.pool.requeue(task)
+            return
+        self._record_step(job, StepFinished(task_id=task.task_id, pipeline=run.pipeline, index=run.index,
+                                            step=run.step, status=StepStatus.FAILED, attempts=attempts, error=error,
+                                            duration_s=float(run.limit_s or 0.0)), StepStatus.FAILED, error)
+        remaining = tuple(name for name in task.message.pipelines if name != run.pipeline)
+        if remaining and requeue:  # its other pipelines still run (their finished steps are skipped)
+            task.message = replace(task.message, pipelines=remaining)
+            self.refresh(task)
+            self.pool.requeue(task)
+        elif not remaining:
+            self.on_result(FileResult(task_id=task.task_id, status=ResultStatus.OK, pipelines={run.pipeline: False}))
 
     def _record_step(self, job: FileJob, step: StepFinished, status: StepStatus, error: str | None) -> None:
         self.writes.run(f"step of {job.relative_path}", lambda: self.registry.record_step(

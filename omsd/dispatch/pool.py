@@ -7,7 +7,10 @@ at a time; when files are cheap (the recent mean time per file is well under
 supervisor between them and can make their saves durable together. A slot
 whose process dies is restarted with backoff and its in-flight tasks go back
 to the front of its queue, in order; the one it was working on counts a
-death, and after ``poison_limit`` deaths is handed back as poison.
+death, and after ``poison_limit`` deaths is handed back as poison. A worker
+killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced at
+once; its task is handed back as timed out (:meth:`WorkerPool.take_timed_out`),
+not as a death.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import structlog
 
 from omsd.dispatch.backpressure import Backlog
+from omsd.dispatch.watchdog import StepRun, watch
 from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.wire.sharding import worker_slot_for
 from omsd.states import ProcessState, transition
@@ -47,6 +51,8 @@ class Task:
     message: FileTask  # what the worker receives
     size: int = 0  # staged bytes
     deaths: int = 0
+    timeouts: dict[tuple[str, int], int] = field(default_factory=dict)  # (pipeline, step index) → attempts killed
+    not_before: float = 0.0  # time.monotonic() before which it is not handed out (backoff after a time-out)
 
 
 @dataclass
@@ -66,6 +72,9 @@ class Slot:
     files_done: int = 0
     boot_failures: int = 0
     last_death: float | None = None
+    step: StepRun | None = None  # the attempt at a step the worker is running (see omsd.dispatch.watchdog)
+    killed: StepRun | None = None  # the attempt whose worker the watchdog killed, until reaped
+    last_timeout: tuple[float, StepRun] | None = None  # when and why the watchdog last killed this slot's worker
 
     @property
     def state(self) -> ProcessState:
@@ -80,9 +89,12 @@ class Slot:
         """The task the worker is working on (the oldest one sent)."""
         return self.in_flight[0] if self.in_flight else None
 
-    def describe(self) -> dict:
+    def describe(self, now: float | None = None) -> dict:
+        running = self.step.describe(time.monotonic() if now is None else now) if self.step else {
+            "step": None, "attempt": None, "step_running_s": None, "step_limit_s": None}
         return {"slot": self.index, "pid": self.process.pid if self.process else None, "state": self.state.value,
-                "current_file": self.current.relative_path if self.current else None,
+                "current_file": self.step.relative_path if self.step else
+                self.current.relative_path if self.current else None, **running,
                 "queued": len(self.queue) + max(0, len(self.in_flight) - 1),
                 "files_done": self.files_done, "restarts": self.restarts}
 
@@ -102,6 +114,7 @@ class WorkerPool:
         self.poison_limit = poison_limit
         self.slots = [Slot(i) for i in range(size)]
         self.mean_task_s: float | None = None  # moving average of the workers' time per file
+        self.timed_out: list[tuple[Task, StepRun]] = []  # handed back by reap() after a watchdog kill
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +169,10 @@ class WorkerPool:
     def submit(self, task: Task) -> None:
         self.slot_for(task.relative_path).queue.append(task)
 
+    def requeue(self, task: Task) -> None:
+        """Hand a task out again before the others of its slot (not before ``task.not_before``)."""
+        self.slot_for(task.relative_path).queue.appendleft(task)
+
     def busy(self) -> bool:
         """True when a worker has a message ready for us."""
         return any(s.conn is not None and s.in_flight and s.conn.poll() for s in self.slots)
@@ -187,9 +204,12 @@ class WorkerPool:
     def dispatch(self) -> None:
         """Send each running worker the next tasks of its slot, up to :meth:`in_flight_limit`."""
         limit = self.in_flight_limit()
+        now = time.monotonic()
         for slot in self.slots:
             while slot.state is ProcessState.RUNNING and len(slot.in_flight) < limit and slot.queue:
-                task = slot.queue.popleft()
+                task = _next_due(slot.queue, now)
+                if task is None:
+                    break
                 slot.in_flight.append(task)
                 try:
                     slot.conn.send(task.message)
@@ -211,6 +231,12 @@ class WorkerPool:
             try:
                 while conn.poll():
                     message: FromWorker = conn.recv()
+                    if message.kind is MessageKind.STEP_STARTED:
+                        slot.step = self._step_run(slot, message)
+                        continue  # the watchdog's business only
+                    if message.kind in (MessageKind.STEP, MessageKind.RESULT) and slot.step is not None \
+                            and slot.step.task_id == message.task_id:
+                        slot.step = None
                     if message.kind is MessageKind.READY:
                         slot.move_to(ProcessState.RUNNING)
                     elif message.kind is MessageKind.RESULT and slot.in_flight:
@@ -220,6 +246,21 @@ class WorkerPool:
                     out.append((slot, message))
             except (EOFError, OSError):
                 pass  # reap() notices the exit
+        return out
+
+    @staticmethod
+    def _step_run(slot: Slot, message: Any) -> StepRun:
+        path = next((t.relative_path for t in slot.in_flight if t.task_id == message.task_id), "?")
+        return StepRun(task_id=message.task_id, relative_path=path, pipeline=message.pipeline, index=message.index,
+                       step=message.step, attempt=message.attempt, limit_s=message.limit_s, started=time.monotonic())
+
+    def watch(self) -> None:
+        """Kill the workers of steps past their time limit (see :mod:`omsd.dispatch.watchdog`)."""
+        watch(s for s in self.slots if s.state is ProcessState.RUNNING)
+
+    def take_timed_out(self) -> list[tuple[Task, StepRun]]:
+        """Tasks whose worker the watchdog killed, with the attempt that ran too long (each once)."""
+        out, self.timed_out = self.timed_out, []
         return out
 
     def _observe(self, duration_s: float | None) -> None:
@@ -245,18 +286,28 @@ class WorkerPool:
             task = slot.current  # the one it was working on; the others it had not started (or not reported)
             if not booted and code == RET_WORKER_BOOT:
                 slot.boot_failures += 1
-            log.error("worker died", slot=slot.index, pid=slot.process.pid, exitcode=code,
-                      file=task.relative_path if task else None)
             handed_back = list(slot.in_flight)
             slot.in_flight.clear()
-            if task is not None:
-                task.deaths += 1
-                if task.deaths >= self.poison_limit:
-                    poison.append(handed_back.pop(0))
+            killed, slot.killed, slot.step = slot.killed, None, None
+            timed_out = next((t for t in handed_back if killed is not None and t.task_id == killed.task_id), None)
+            if timed_out is not None:  # the watchdog's kill: not a death of the slot, nor the file's
+                handed_back.remove(timed_out)
+                self.timed_out.append((timed_out, killed))
+                slot.last_timeout = (now, killed)
+            else:
+                log.error("worker died", slot=slot.index, pid=slot.process.pid, exitcode=code,
+                          file=task.relative_path if task else None)
+                if task is not None:
+                    task.deaths += 1
+                    if task.deaths >= self.poison_limit:
+                        poison.append(handed_back.pop(0))
             slot.queue.extendleft(reversed(handed_back))
             if booted:
                 slot.move_to(ProcessState.EXITED)  # a running worker died; died while booting goes straight on
             slot.move_to(ProcessState.BACKOFF)  # wait before the restart
+            if timed_out is not None:
+                slot.restart_at = now  # replaced at once
+                continue
             slot.last_death = now
             slot.restart_at = now + slot.backoff_s
             slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2)
@@ -277,4 +328,20 @@ class WorkerPool:
         return all(s.state is ProcessState.RUNNING for s in self.slots)
 
     def describe(self) -> list[dict]:
-        return [slot.describe() for slot in self.slots]
+        now = time.monotonic()
+        return [slot.describe(now) for slot in self.slots]
+
+
+def _next_due(queue: deque[Task], now: float) -> Task | None:
+    """Take the first task that may go now; a task waiting out its back-off holds back only later
+    tasks of its own path (generations of one path run in order), not the rest of the slot."""
+    held: set[str] = set()
+    for task in queue:
+        if task.relative_path in held:
+            continue
+        if task.not_before > now:
+            held.add(task.relative_path)
+            continue
+        queue.remove(task)
+        return task
+    return None

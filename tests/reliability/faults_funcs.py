@@ -20,3 +20,23 @@ def recorded(path: os.PathLike[str] | str) -> list[tuple[str, str]]:
             return [tuple(line.rstrip("\n").split("\t")[:2]) for line in handle if line.strip()]  # type: ignore[misc]
     except FileNotFoundError:
         return []
+
+
+def hang_on_stuck(datafile) -> None:
+    """Append ``path<TAB>pid`` to $OMSD_FAULTS_CALLS; never return for a file whose name has "stuck" in it."""
+    import time
+
+    with open(os.environ["OMSD_FAULTS_CALLS"], "a", encoding="utf-8") as out:
+        out.write(f"{datafile.relative_filepath}\t{os.getpid()}\n")
+    if "stuck" in datafile.filename:
+        while True:  # a hung analysis: only the watchdog ends it
+            time.sleep(3600)
+
+
+def calls(path: os.PathLike[str] | str) -> list[str]:
+    """The relative paths :func:`hang_on_stuck` was called on, in order."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.split("\t")[0] for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []

@@ -9,8 +9,8 @@ import pickle
 import pytest
 
 from workers.messages import (
-    BootFailed, FileMeta, FileResult, FileTask, MessageKind, Produced, Ready, ResultStatus, StepFinished, StepStatus,
-    Stop,
+    BootFailed, FileMeta, FileResult, FileTask, MessageKind, Produced, Ready, ResultStatus, StepFinished, StepStarted,
+    StepStatus, Stop,
 )
 
 META = FileMeta(relative_path="run/a.dat", subdir_str="run", filename="a.dat", file_hash=b"\x01" * 64,
@@ -21,6 +21,7 @@ EVERY_MESSAGE = [
     Stop(),
     Ready(pid=42),
     BootFailed(error="ImportError('lab')"),
+    StepStarted(task_id=1, pipeline="p", index=0, step="call", attempt=1, limit_s=2.0),
     StepFinished(task_id=1, pipeline="p", index=0, step="reproduce", status=StepStatus.DONE, attempts=1, error=None,
                  duration_s=0.1, produced=(Produced("results", "run_a.dat_chunk_processing_result", b"{}"),)),
     FileResult(task_id=1, status=ResultStatus.OK, pipelines={"p": True}, duration_s=0.2),

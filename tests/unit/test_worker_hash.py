@@ -86,7 +86,9 @@ def test_process_saves_the_copy_written_while_hashing(tmp_path, monkeypatch) -> 
     assert [ahead for _temp, ahead in writes] == [True]  # written once, while hashing; the step only renamed it
     assert (tmp_path / "out" / "run" / "a.dat").read_bytes() == content
     assert os.listdir(tmp_path / "out" / "run") == ["a.dat"]
-    assert [(m.kind, m.task_id, m.status) for m in sent] == [(MessageKind.STEP, 7, StepStatus.DONE)]
+    started, finished = sent
+    assert (started.kind, started.task_id, started.step, started.attempt) == (MessageKind.STEP_STARTED, 7, "save", 1)
+    assert (finished.kind, finished.task_id, finished.status) == (MessageKind.STEP, 7, StepStatus.DONE)
 
 
 def test_process_removes_the_copy_written_ahead_when_the_hash_fails(tmp_path) -> None:
