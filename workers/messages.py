@@ -120,7 +120,7 @@ class StepStarted:
     step: str  # the step's kind
     attempt: int  # from 1
     limit_s: float | None  # None: no limit
-    kind: MessageKind = field(default=MessageKind.STEP_STARTED, init=False)
+    kind: ClassVar[MessageKind] = MessageKind.STEP_STARTED
 
 
 @dataclass(frozen=True)
