@@ -75,7 +75,7 @@ def assert_unreadable_on_topic(bootstrap: str, topic: str, files: dict[str, byte
 
 def test_omsd_download_decrypts_openmsistream_uploads(broker, topic, tmp_path) -> None:
     nodes = tmp_path / "nodes"
-    provision(nodes, ["oms_up", "omsd_down"], broker.bootstrap)
+    configs = provision(nodes, ["oms_up", "omsd_down", "reader"], broker.bootstrap)
     up_ini = openmsistream_ini(nodes / "up.config", broker.bootstrap, producer=PRODUCER,
                                kafkacrypto={"node_id": "oms_up"})
     down_ini = openmsistream_ini(nodes / "down.config", broker.bootstrap, kafkacrypto={"node_id": "omsd_down"})
@@ -87,17 +87,50 @@ def test_omsd_download_decrypts_openmsistream_uploads(broker, topic, tmp_path) -
          "--upload_existing", "--watchdog_lag_time", "1"],
         cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "up.log", "w"))
     log = tmp_path / "daemon.log"
-    proc = omsd(["download", str(out), "--config", str(down_ini), "--topic", topic], tmp_path, log)
+    heartbeats = f"{topic}_hb"
+    proc = omsd(["download", str(out), "--config", str(down_ini), "--topic", topic, "--heartbeat_topic_name",
+                 heartbeats, "--heartbeat_program_id", "dl", "--heartbeat_interval_secs", "1"], tmp_path, log)
     try:
-        for rel, data in files.items():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            (src / rel).write_bytes(data)
+        write_tree(src, files)
         wait_for(lambda: out.exists() and tree(out) == files, 60, "every encrypted file saved", proc, log)
         assert uploader.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
+        # The daemon's own messages follow the encryption: a third node decrypts its heartbeats.
+        counted = read_encrypted_heartbeats(broker.bootstrap, heartbeats, configs["reader"])
+        assert counted["key"] == b"dl_heartbeat" and counted["n_messages_read"] >= n_messages(files)
     finally:
         quit_openmsistream(uploader, 20)
         assert stop_daemon(proc) == 0, log.read_text()[-3000:]
     assert_unreadable_on_topic(broker.bootstrap, topic, files, len(files))
+
+
+def read_encrypted_heartbeats(bootstrap: str, topic: str, reader_config: Path) -> dict:
+    """Heartbeats on ``topic``, which must be ciphertext, decrypted by another node: key and summed counts."""
+    from omsd.config import Config
+    from omsd.crypto.node import NOT_YET, CryptoNode
+    from omsd.crypto.settings import resolve
+
+    node = CryptoNode(resolve({"config_file": str(reader_config)}, reader_config.parent),
+                      Config(broker={"bootstrap.servers": bootstrap}))
+    reader = TopicReader(bootstrap, topic)
+    raw: list[tuple[bytes, bytes]] = []
+    total: dict = {"n_messages_read": 0}
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and total["n_messages_read"] == 0:
+            msg = reader.consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                assert msg.value()[:1] == b"\x01" and b"heartbeat" not in msg.key()  # not readable as sent
+                raw.append((msg.key(), msg.value()))
+            for key, value in list(raw):
+                opened = node.decrypt(topic, key, value)
+                if opened is not NOT_YET:
+                    raw.remove((key, value))
+                    total["key"] = opened[0]
+                    total["n_messages_read"] += json.loads(opened[1])["n_messages_read"]
+    finally:
+        reader.close()
+        node.close()
+    return total
 
 
 def tree_has(out: Path, files: dict[str, bytes]) -> bool:
@@ -229,6 +262,44 @@ def test_kept_messages_are_processed_once_their_keys_arrive(broker, topic, tmp_p
     try:
         wait_for(lambda: out.exists() and {k: v for k, v in tree(out).items() if k != "later.txt"} == files, 45,
                  "kept messages decrypted without being asked to", daemon, log)
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.wait(30)
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
+
+
+def test_messages_waiting_for_keys_do_not_stop_other_files(broker, topic, tmp_path) -> None:
+    """Files whose producer is gone wait for their key (and hold their offsets) while the files of a live
+    producer on the same topic and partitions are saved; the consumer stays in its group meanwhile."""
+    nodes = tmp_path / "nodes"
+    provision(nodes, ["gone_up", "live_up", "omsd_down"], broker.bootstrap)
+    gone = omsd_yaml(nodes / "gone.yaml", broker.bootstrap, "{node_id: gone_up}", tmp_path / "s-gone")
+    live = omsd_yaml(nodes / "live.yaml", broker.bootstrap, "{node_id: live_up}", tmp_path / "s-live")
+    down = omsd_yaml(nodes / "down.yaml", broker.bootstrap,
+                     "{node_id: omsd_down, max_initial_wait_per_decrypt: 120}", tmp_path / "state")
+    waiting = {f"gone/{i}.bin": os.urandom(1000 + i) for i in range(4)}
+    ready = {f"live/{i}.bin": os.urandom(2000 + i) for i in range(4)}
+    write_tree(tmp_path / "a", waiting)
+    write_tree(tmp_path / "b", ready)
+    proc = subprocess.run([sys.executable, "-m", "omsd.cli", "upload", str(tmp_path / "a"), "--config", str(gone),
+                           "--topic", topic, "--key-linger-secs", "0", "--partitioner", "default"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out, log = tmp_path / "out", tmp_path / "daemon.log"
+    daemon = start_daemon(["download", str(out), "--config", str(down), "--topic", topic], log)
+    holder = subprocess.Popen([sys.executable, "-m", "omsd.cli", "upload", str(tmp_path / "b"), "--config",
+                               str(live), "--topic", topic, "--key-linger-secs", "60", "--partitioner", "default"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: out.exists() and tree(out) == ready, 40, "the live producer's files saved", daemon, log)
+        report = status(down)
+        assert report["decryption"][0]["waiting_for_keys"] == len(waiting)
+        assert report["decryption"][0]["kept"] == 0  # still within their wait
+        time.sleep(1.5)  # a commit is due every second
+        committed = sum(p["committed"] or 0 for p in status(down)["partitions"])
+        assert committed <= len(ready)  # the commit has not passed the waiting messages (sent first)
+        assert all(p["assigned"] for p in report["partitions"])
+        assert not [line for line in log.read_text().splitlines() if "partitions revoked" in line]
     finally:
         holder.send_signal(signal.SIGINT)
         holder.wait(30)
