@@ -339,15 +339,20 @@ def test_pipeline_steps_are_kept_in_order(tmp_path: Path) -> None:
     assert pipeline.match is None and pipeline.matches("anything/at/all")
 
 
-def test_unknown_step_kind_is_a_config_error_with_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
+def save_then(tmp_path: Path, step: str) -> Path:
+    """A config with one pipeline: a save step, then ``step`` (YAML flow text)."""
+    return write(tmp_path, f"""
         pipelines:
           - name: p
             topic: t
             steps:
               - save: {{dir: {tmp_path}}}
-              - teleport: {{to: mars}}
+              - {step}
     """)
+
+
+def test_unknown_step_kind_is_a_config_error_with_the_line(tmp_path: Path) -> None:
+    path = save_then(tmp_path, "teleport: {to: mars}")
     message = error_of(path, validate_steps=validate_pipeline)
     assert "teleport" in message and str(path) in message
 
@@ -359,14 +364,7 @@ def test_save_step_without_dir_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_steps_are_checked_only_by_the_validator_the_caller_passes(tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
-        pipelines:
-          - name: p
-            topic: t
-            steps:
-              - save: {{dir: {tmp_path}}}
-              - call: {{function: omsd_t_absent_module:analyze}}
-    """)
+    path = save_then(tmp_path, "call: {function: omsd_t_absent_module:analyze}")
     [pipeline] = load_config(path).pipelines  # no validator: the step's module is never imported
     assert pipeline.steps[1] == ("call", {"function": "omsd_t_absent_module:analyze"})
     message = error_of(path, validate_steps=validate_pipeline)
