@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from omsd import exitcodes
-from omsd.registry import SCHEMA, SQLITE_HEADER, create_registry, inspect_registry
+from omsd.registry import SCHEMA, SQLITE_HEADER, RegistryDamaged, create_registry, inspect_registry
 
 REGISTRY_NAME = "registry.sqlite"
 TABLES = ("files", "pipeline_outcomes", "steps")
@@ -148,9 +148,8 @@ def registry_command(args: argparse.Namespace) -> int:
             return exitcodes.RET_OK
         problem = inspect_registry(path)
         if problem is not None:
-            print(f"{path}: damaged: {problem}\nrun `omsd registry recover --config {args.config}` "
-                  "with the daemon stopped, or move the file aside to start with an empty registry: "
-                  "files above the committed offsets will be processed again", file=sys.stderr)
+            advice = RegistryDamaged(path, problem).advice.replace("--config FILE", f"--config {args.config}")
+            print(f"{path}: damaged: {problem}\n{advice} (recover with the daemon stopped)", file=sys.stderr)
             return exitcodes.RET_REGISTRY_DAMAGED
         rows = count_rows(path)
         print(f"{path}: ok ({rows['files']} files, {rows['pipeline_outcomes']} pipeline outcomes)")
