@@ -108,3 +108,40 @@ def test_a_registry_the_daemon_creates_is_never_left_empty(tmp_path) -> None:
     assert (tmp_path / "registry.sqlite").read_bytes()[:16] == b"SQLite format 3\x00"
     assert not (tmp_path / "registry.sqlite.new").exists()
     Registry(tmp_path / "registry.sqlite").close()  # and it opens again as sound
+
+
+def test_corruption_found_while_running_stops_gracefully_with_the_same_exit_code(broker, topic, tmp_path) -> None:
+    """The registry is sound at start-up and damaged under the running daemon: the next query that reads
+    a damaged page stops it (graceful, exit 65, the same one message), instead of a crash or a restart loop."""
+    from tests.chunks import produce_files, start_daemon, wait_for
+
+    state = tmp_path / "state"
+    state.mkdir()
+    registry = state / "registry.sqlite"
+    _healthy_registry(registry, files=2000)
+    cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                       pipeline("mirror", topic, f"save: {{dir: {tmp_path / 'out'}}}"), workers=1)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(["run", "--config", str(cfg)], log)
+    try:
+        produce_files(broker.bootstrap, topic, {"first.bin": b"1" * 5000})
+        wait_for(lambda: (tmp_path / "out" / "first.bin").exists(), 60, "the first file saved", proc, log)
+        # Another connection's write makes the daemon's SQLite drop its page cache at its next query...
+        db = sqlite3.connect(registry)
+        db.execute("PRAGMA user_version = 7")
+        db.close()
+        size = registry.stat().st_size
+        with open(registry, "r+b") as handle:  # ... so that it reads these pages from the disk
+            handle.seek(4096)
+            handle.write(os.urandom(size - 4096))
+        produce_files(broker.bootstrap, topic, {"new/file.bin": b"x" * 5000})
+        assert proc.wait(60) == exitcodes.RET_REGISTRY_DAMAGED, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text
+    messages = [line for line in text.splitlines() if "registry damaged" in line]
+    assert len(messages) == 1 and str(registry) in messages[0] and "aside" in messages[0], messages
+    assert '"exit_code": 65' in text.splitlines()[-1]
