@@ -249,7 +249,7 @@ def format_failed(reply: dict[str, Any]) -> str:
         out += ["", f"{len(kept)} undecryptable message{'' if len(kept) == 1 else 's'} kept "
                 "(omsctl retry --undecryptable tries them again):", format_table(kept, [
                     ("group", "GROUP", _cell), ("topic", "TOPIC", _cell), ("partition", "PART", _cell),
-                    ("offset", "OFFSET", _cell), ("bytes", "BYTES", human_bytes), ("reason", "REASON", _one_line)])]
+                    ("offset", "OFFSET", _cell), ("bytes", "BYTES", human_bytes), ("file", "FILE", _cell)])]
     return "\n".join(out)
 
 

@@ -358,7 +358,7 @@ class Supervisor:
 
     def undecryptable_messages(self) -> list[dict]:
         return [{"group": i.group_id, **m.describe()} for i in self.intakes if i.decryptor
-                for m in i.decryptor.store.all()]
+                for m in i.decryptor.store.entries()]
 
     def retry_undecryptable(self) -> int:
         return sum(i.decryptor.retry_kept() for i in self.intakes if i.decryptor)

@@ -249,12 +249,15 @@ class Decryptor:
 
     def _probe_kept(self, now: float) -> None:
         """One message per key index is tried; when it opens, all kept under that key are read again."""
-        tried: set[tuple[str, bytes | None]] = set()
-        for kept in self.store.all():
-            group = (kept.topic, kept.key_index)
-            if group in tried or kept.path in self._replays:
+        tried: set[tuple[str, str]] = set()
+        for entry in self.store.entries():
+            group = (entry.topic, entry.key_id)
+            if group in tried or entry.path in self._replays:
                 continue
             tried.add(group)
+            kept = self.store.load(entry.path)
+            if kept is None:
+                continue
             try:
                 opened = self.node.decrypt(kept.topic, kept.key, kept.value)
             except NotDecryptable:

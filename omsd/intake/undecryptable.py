@@ -1,7 +1,9 @@
 """Undecryptable messages kept on disk: raw, durable, listed, and tried again later.
 
-One file per message under ``state_dir/undecryptable/<group>/``: a msgpack map with the topic,
-partition, offset, timestamp, key index and the raw key and value. It is written to a temporary name,
+One file per message under ``state_dir/undecryptable/<group>/``, named
+``<topic>@<partition>@<offset>@<key id>.kept`` (the key id: a short hash of the encryption key's index,
+so listing them and grouping them by key reads no file): a msgpack map
+with the topic, partition, offset, timestamp, key index and the raw key and value. It is written to a temporary name,
 fsynced and renamed (then the folder is fsynced), so once :meth:`UndecryptableStore.keep` returns the
 message survives a crash and its offset may be committed past. A file is removed only when the message
 has been decrypted and what it belonged to is finished (see :mod:`omsd.intake.decrypt`).
@@ -9,6 +11,7 @@ has been decrypted and what it belonged to is finished (see :mod:`omsd.intake.de
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +24,28 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SUFFIX = ".kept"
+
+
+def key_id(key_index: bytes | None) -> str:
+    """A short, file-name-safe name of an encryption key index ("-" when it is not known)."""
+    return hashlib.blake2b(key_index, digest_size=8).hexdigest() if key_index else "-"
+
+
+@dataclass(frozen=True)
+class KeptEntry:
+    """A kept message as its file name and size tell it (nothing is read)."""
+
+    path: Path
+    topic: str
+    partition: int
+    offset: int
+    key_id: str  # the same for every message encrypted under one key
+    size: int
+    kept_at: float
+
+    def describe(self) -> dict:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "kept_at": self.kept_at,
+                "bytes": self.size, "key_id": self.key_id, "file": str(self.path)}
 
 
 @dataclass(frozen=True)
@@ -38,11 +63,6 @@ class KeptMessage:
     kept_at: float
     reason: str
 
-    def describe(self) -> dict:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
-                "kept_at": self.kept_at, "reason": self.reason, "bytes": len(self.value),
-                "key_index": self.key_index.hex() if self.key_index else None, "file": str(self.path)}
-
 
 class UndecryptableStore:
     """The kept messages of one consumer group."""
@@ -51,13 +71,13 @@ class UndecryptableStore:
         self.folder = state_dir / "undecryptable" / quote(group_id, safe="")
         self._count: int | None = None
 
-    def _name(self, topic: str, partition: int, offset: int) -> Path:
-        return self.folder / f"{topic}@{partition}@{offset}{SUFFIX}"  # Kafka topic names are filename-safe
+    def _name(self, topic: str, partition: int, offset: int, key_index: bytes | None) -> Path:
+        return self.folder / f"{topic}@{partition}@{offset}@{key_id(key_index)}{SUFFIX}"  # topic names are file-safe
 
     def keep(self, topic: str, partition: int, offset: int, timestamp: int | None, key: bytes | None,
              value: bytes, key_index: bytes | None, reason: str) -> Path:
         """Write one message durably (idempotent: the same message read twice is one file)."""
-        path = self._name(topic, partition, offset)
+        path = self._name(topic, partition, offset, key_index)
         existed = path.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         body = msgpack.packb({"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp,
@@ -101,6 +121,19 @@ class UndecryptableStore:
 
     def all(self) -> list[KeptMessage]:
         return [m for m in map(self.load, self.paths()) if m is not None]
+
+    def entries(self) -> list[KeptEntry]:
+        """Every kept message, from the file names (for listings and probes: no file is read)."""
+        out = []
+        for path in self.paths():
+            try:
+                topic, partition, offset, index = path.name[: -len(SUFFIX)].rsplit("@", 3)
+                st = path.stat()
+                out.append(KeptEntry(path=path, topic=topic, partition=int(partition), offset=int(offset),
+                                     key_id=index, size=st.st_size, kept_at=st.st_mtime))
+            except (ValueError, OSError):
+                continue  # not one of ours, or removed meanwhile
+        return out
 
     def remove(self, path: Path) -> None:
         try:

@@ -1,0 +1,25 @@
+"""Kept undecryptable messages: durable files, listed from their names, grouped by key, removed once used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omsd.intake.undecryptable import UndecryptableStore, key_id
+
+
+def test_keep_list_load_and_remove(tmp_path: Path) -> None:
+    store = UndecryptableStore(tmp_path, "group/with slash")
+    first = store.keep("raw.files", 2, 17, 1234, b"\x01key", b"\x01" + b"v" * 1000, b"K1", "no key in time")
+    again = store.keep("raw.files", 2, 17, 1234, b"\x01key", b"\x01" + b"v" * 1000, b"K1", "no key in time")
+    store.keep("raw.files", 0, 3, None, None, b"\x01w", b"K2", "no key in time")
+    assert first == again and store.count() == 2  # the same message read twice is one file
+    assert first.parent.parent == tmp_path / "undecryptable" and "/" not in first.parent.name
+    entries = {(e.topic, e.partition, e.offset): e for e in store.entries()}
+    assert set(entries) == {("raw.files", 2, 17), ("raw.files", 0, 3)}
+    assert entries[("raw.files", 2, 17)].key_id == key_id(b"K1") != key_id(b"K2")
+    kept = store.load(first)
+    assert (kept.key, kept.value, kept.timestamp, kept.key_index) == (b"\x01key", b"\x01" + b"v" * 1000, 1234, b"K1")
+    store.remove(first)
+    store.remove(first)  # already gone: no error
+    assert store.count() == 1 and [e.offset for e in store.entries()] == [3]
+    assert not list(first.parent.glob(".*.tmp"))  # no temporary file left behind
