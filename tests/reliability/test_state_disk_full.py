@@ -96,3 +96,39 @@ def test_spilled_bytes_leave_the_registry_its_reserve(broker, topic, tmp_path) -
             remount(state, "size=64m")
             wait_for(lambda: tree(out) == {**small, **big}, 60, "the big file once space returned", proc, log)
             wait_for(lambda: check(cfg)[0] == 0, 20, "healthy again", proc, log)
+
+
+def test_a_restart_on_a_full_state_directory_comes_up_and_waits(broker, topic, tmp_path) -> None:
+    """The crash loop of the issue: stopped and started again while the disk is still full, the daemon
+    comes up degraded instead of exiting, and saves everything once space returns."""
+    state, out = tmp_path / "state", tmp_path / "out"
+    with tmpfs(state, "4m"):
+        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap, pipeline("mirror", topic, f"save: {{dir: {out}}}"),
+                           workers=1, extra="state_reserve_bytes: 256KiB\nshutdown_timeout_secs: 2\n")
+        rng = random.Random(23)
+        first = {f"a/f{i}.bin": rng.randbytes(20_000) for i in range(3)}
+        later = {f"b/g{i:02d}.bin": rng.randbytes(20_000) for i in range(10)}
+
+        def degraded() -> bool:
+            code, report = check(cfg)
+            return code == 1 and any(f"no space left in {state}" in r for r in report.get("reasons", []))
+
+        with daemon(cfg, tmp_path / "daemon1.log") as proc:
+            produce_files(broker.bootstrap, topic, first)
+            wait_for(lambda: out.exists() and tree(out) == first, 60, "the first files", proc, tmp_path / "daemon1.log")
+            fill(state)
+            produce_files(broker.bootstrap, topic, later)
+            wait_for(degraded, 60, "the full state directory", proc, tmp_path / "daemon1.log")
+        # A graceful stop while writes wait (exit 0: the daemon() block checks it); now start on the full disk.
+        log = tmp_path / "daemon2.log"
+        with daemon(cfg, log) as proc:
+            wait_for(degraded, 60, "the restarted daemon to wait for space", proc, log)
+            time.sleep(2)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            remount(state, "size=64m")
+            wait_for(lambda: tree(out) == {**first, **later}, 60, "every file once space returned", proc, log)
+            wait_for(lambda: check(cfg)[0] == 0, 20, "healthy again", proc, log)
+        db = sqlite3.connect(state / "registry.sqlite")
+        rows = dict(db.execute("SELECT rel_path, status FROM files"))
+        db.close()
+        assert rows == {path: "done" for path in {**first, **later}}
