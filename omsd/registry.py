@@ -179,6 +179,7 @@ class FileRecord:
     status: str
     error: str | None
     kept_path: str | None
+    new: bool = False  # created by the register() call that returned it: no outcomes or steps yet
 
 
 class Registry:
@@ -295,12 +296,11 @@ class Registry:
         with self.transaction():
             (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files WHERE topic=? AND rel_path=?",
                                         (topic, rel_path)).fetchone()
-            self.db.execute(
+            row_id = self.db.execute(
                 "INSERT INTO files (topic, rel_path, generation, sha512, size, status, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, 'processing', ?, ?)", (topic, rel_path, latest + 1, sha512, size, now, now))
-        record = self.find(topic, rel_path, sha512)
-        assert record is not None
-        return record
+                "VALUES (?, ?, ?, ?, ?, 'processing', ?, ?)", (topic, rel_path, latest + 1, sha512, size, now, now)
+            ).lastrowid
+        return FileRecord(row_id, topic, rel_path, latest + 1, sha512, size, "processing", None, None, new=True)
 
     @_guarded
     def done_steps(self, file_id: int) -> dict[str, list[int]]:

@@ -102,7 +102,7 @@ class FileJobs:
         pipelines = intake.pipelines_for(assembly.topic, assembly.relative_path)
         record = self.registry.register(assembly.topic, assembly.relative_path, chunk.file_hash.hex(),
                                         assembly.staged.size)
-        finished = self.registry.finished_pipelines(record.id)
+        finished = {} if record.new else self.registry.finished_pipelines(record.id)
         todo = [p for p in pipelines if p.name not in finished]
         if not todo:
             intake.finish(assembly)
@@ -112,7 +112,7 @@ class FileJobs:
         meta = FileMeta(relative_path=assembly.relative_path, subdir_str=chunk.subdir_str, filename=chunk.filename,
                         file_hash=chunk.file_hash, file_mtime=chunk.file_mtime, topic=assembly.topic,
                         filename_append=chunk.filename_append)
-        self._submit(job, assembly.staged.path, meta)
+        self._submit(job, assembly.staged.path, meta, done={} if record.new else None)
 
     def retry_failed(self, wanted: Callable[[dict], bool]) -> int:
         """Queue failed files again from their kept bytes; returns how many were queued."""
@@ -142,11 +142,13 @@ class FileJobs:
             queued += 1
         return queued
 
-    def _submit(self, job: FileJob, path: str, meta: FileMeta) -> None:
+    def _submit(self, job: FileJob, path: str, meta: FileMeta, done: dict[str, tuple[int, ...]] | None = None) -> None:
+        """Hand the job to the pool; ``done``: its finished steps, when known without asking the registry."""
         task_id = next(self._task_ids)
         self.jobs[task_id] = job
         message = FileTask(task_id=task_id, path=path, size=job.size, file=meta,
-                           pipelines=tuple(p.name for p in job.pipelines), done=self._done_steps(job),
+                           pipelines=tuple(p.name for p in job.pipelines),
+                           done=self._done_steps(job) if done is None else done,
                            chunks=tuple(job.assembly.chunk_table()) if job.assembly is not None else ())
         self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, message=message, size=job.size))
 
