@@ -88,6 +88,9 @@ class PipelineConfig:
         return self.match is None or re.search(self.match, relative_path) is not None
 
 
+DISPATCH_POLICIES = ("balanced", "sharded")  # the values of omsd.dispatch.queue.DispatchPolicy
+
+
 @dataclass
 class Config:
     path: Path | None = None
@@ -97,6 +100,9 @@ class Config:
     state_dir: Path = Path("var")
     control_socket: Path = Path("var/omsd.sock")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # "balanced": any idle worker takes the oldest file whose path has nothing in flight; "sharded": every
+    # file runs on its path's home worker (for steps that keep per-path state in their worker process).
+    dispatch: str = "balanced"
     staging: StagingConfig = field(default_factory=StagingConfig)
     heartbeat: HeartbeatConfig | None = None
     log: LogTopicConfig | None = None
@@ -234,7 +240,7 @@ class _Reader:
         return str(raw)
 
 
-_TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "staging",
+_TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "dispatch", "staging",
              "heartbeat", "log", "metrics", "pipelines", "shutdown_timeout_secs",
              "retry_failed_after_secs", "handover_topic", "state_reserve_bytes", "kafkacrypto", "step_timeout_secs"}
 _PIPELINE_KEYS = {"name", "topic", "match", "group.id", "group_id", "steps", "retries"}
@@ -314,6 +320,11 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
     sock = reader.string(data, "control_socket")
     cfg.control_socket = Path(sock) if sock else cfg.state_dir / "omsd.sock"
     cfg.workers = int(reader.number(data, "workers", os.cpu_count() or 1, int, minimum=1))
+    dispatch = reader.string(data, "dispatch", Config.dispatch)
+    if dispatch not in DISPATCH_POLICIES:
+        raise ConfigError(f"{reader.where(data, 'dispatch')}: 'dispatch' must be {' or '.join(DISPATCH_POLICIES)}, "
+                          f"not {dispatch!r}")
+    cfg.dispatch = str(dispatch)
     cfg.shutdown_timeout_secs = float(reader.number(data, "shutdown_timeout_secs", 60.0))
     staging = reader.mapping(data, "staging", {"memory_bytes", "max_file_bytes", "expire_incomplete_secs",
                                                "verify_chunk_hashes"})

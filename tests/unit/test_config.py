@@ -541,3 +541,10 @@ def test_handover_topic_must_be_a_string(tmp_path: Path) -> None:
         handover_topic: [a, b]
         """)
     assert f"omsd.yaml:{line_of(path, 'handover_topic')}" in error_of(path)
+
+
+def test_dispatch_policy(tmp_path) -> None:
+    assert load_config(write(tmp_path, "workers: 2\n")).dispatch == "balanced"
+    assert load_config(write(tmp_path, "dispatch: sharded\n")).dispatch == "sharded"
+    with pytest.raises(ConfigError, match="'dispatch' must be balanced or sharded"):
+        load_config(write(tmp_path, "dispatch: round-robin\n"))
