@@ -23,3 +23,29 @@ def recorded(path) -> list[str]:
             return [line.split("\t")[0] for line in handle if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def record_span(datafile) -> None:
+    """Sleep $OMSD_TEST_SLOW seconds for files whose name starts with "slow" or "same" (others: none), then
+    append path, content hash, pid, start and end to $OMSD_TEST_RECORD (one JSON line)."""
+    import hashlib
+    import json
+
+    start = time.time()
+    if datafile.filename.startswith(("slow", "same")):
+        time.sleep(float(os.environ.get("OMSD_TEST_SLOW", "0")))
+    line = {"path": datafile.relative_filepath, "sha": hashlib.sha512(datafile.bytestring).hexdigest()[:16],
+            "pid": os.getpid(), "start": start, "end": time.time()}
+    with open(os.environ["OMSD_TEST_RECORD"], "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def spans(path) -> list[dict]:
+    """The lines :func:`record_span` wrote, in the order they were written."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
