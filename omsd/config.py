@@ -37,6 +37,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g
 _INI_IGNORED_KEYS = {"key.serializer", "value.serializer", "key.deserializer", "value.deserializer"}
 # Where a partition's owner tells the next one what it finished above the committed offset (omsd.handover).
 DEFAULT_HANDOVER_TOPIC = "omsd.handover"
+DISPATCH_POLICIES = ("balanced", "sharded")  # the values of omsd.dispatch.queue.DispatchPolicy
 
 
 class ConfigError(ValueError):
@@ -88,9 +89,6 @@ class PipelineConfig:
         return self.match is None or re.search(self.match, relative_path) is not None
 
 
-DISPATCH_POLICIES = ("balanced", "sharded")  # the values of omsd.dispatch.queue.DispatchPolicy
-
-
 @dataclass
 class Config:
     path: Path | None = None
@@ -100,9 +98,7 @@ class Config:
     state_dir: Path = Path("var")
     control_socket: Path = Path("var/omsd.sock")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # "balanced": any idle worker takes the oldest file whose path has nothing in flight; "sharded": every
-    # file runs on its path's home worker (for steps that keep per-path state in their worker process).
-    dispatch: str = "balanced"
+    dispatch: str = "balanced"  # or "sharded" (see omsd.dispatch.queue; DISPATCH_POLICIES)
     staging: StagingConfig = field(default_factory=StagingConfig)
     heartbeat: HeartbeatConfig | None = None
     log: LogTopicConfig | None = None
@@ -229,7 +225,8 @@ class _Reader:
             raise ConfigError(f"{self.where(node, key)}: '{key}' must be at least {minimum}")
         return value
 
-    def string(self, node: Any, key: str, default: str | None = None, required: bool = False) -> str | None:
+    def string(self, node: Any, key: str, default: str | None = None, required: bool = False,
+               choices: tuple[str, ...] = ()) -> str | None:
         raw = node.get(key, default)
         if raw is None:
             if required:
@@ -237,7 +234,9 @@ class _Reader:
             return None
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise ConfigError(f"{self.where(node, key)}: '{key}' must be a string")
-        return str(raw)
+        if choices and str(raw).lower() not in choices:  # one of a few words, in any case
+            raise ConfigError(f"{self.where(node, key)}: '{key}' must be {', '.join(choices[:-1])} or {choices[-1]}")
+        return str(raw).lower() if choices else str(raw)
 
 
 _TOP_KEYS = {"broker", "consumer", "producer", "state_dir", "control_socket", "workers", "dispatch", "staging",
@@ -320,26 +319,19 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
     sock = reader.string(data, "control_socket")
     cfg.control_socket = Path(sock) if sock else cfg.state_dir / "omsd.sock"
     cfg.workers = int(reader.number(data, "workers", os.cpu_count() or 1, int, minimum=1))
-    dispatch = reader.string(data, "dispatch", Config.dispatch)
-    if dispatch not in DISPATCH_POLICIES:
-        raise ConfigError(f"{reader.where(data, 'dispatch')}: 'dispatch' must be {' or '.join(DISPATCH_POLICIES)}, "
-                          f"not {dispatch!r}")
-    cfg.dispatch = str(dispatch)
+    cfg.dispatch = str(reader.string(data, "dispatch", Config.dispatch, choices=DISPATCH_POLICIES))
     cfg.shutdown_timeout_secs = float(reader.number(data, "shutdown_timeout_secs", 60.0))
     staging = reader.mapping(data, "staging", {"memory_bytes", "max_file_bytes", "expire_incomplete_secs",
                                                "verify_chunk_hashes"})
     defaults = StagingConfig()
-    verify = reader.string(staging, "verify_chunk_hashes", defaults.verify_chunk_hashes)
-    if verify not in ("on_mismatch", "at_intake"):
-        raise ConfigError(f"{reader.where(staging, 'verify_chunk_hashes')}: 'verify_chunk_hashes' must be "
-                          "on_mismatch or at_intake")
     cfg.staging = StagingConfig(
         memory_bytes=parse_size(staging.get("memory_bytes", defaults.memory_bytes),
                                 reader.where(staging, "memory_bytes")),
         max_file_bytes=parse_size(staging.get("max_file_bytes", defaults.max_file_bytes),
                                   reader.where(staging, "max_file_bytes")),
         expire_incomplete_secs=float(reader.number(staging, "expire_incomplete_secs", defaults.expire_incomplete_secs)),
-        verify_chunk_hashes=str(verify),
+        verify_chunk_hashes=str(reader.string(staging, "verify_chunk_hashes", defaults.verify_chunk_hashes,
+                                              choices=("on_mismatch", "at_intake"))),
     )
     heartbeat = reader.mapping(data, "heartbeat", {"topic", "interval_secs", "program_id"})
     if heartbeat:
@@ -355,10 +347,7 @@ def _from_mapping(data: Any, path: Path | None, validate_steps: StepValidator | 
     cfg.handover_topic = reader.string(data, "handover_topic", DEFAULT_HANDOVER_TOPIC) or None
     log_node = reader.mapping(data, "log", {"topic", "interval_secs", "program_id", "level"})
     if log_node:
-        level = str(reader.string(log_node, "level", "warning")).lower()
-        if level not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"{reader.where(log_node, 'level')}: 'level' must be debug, info, warning, error "
-                              "or critical")
+        level = str(reader.string(log_node, "level", "warning", choices=("debug", "info", "warning", "error", "critical")))
         cfg.log = LogTopicConfig(
             topic=str(reader.string(log_node, "topic", required=True)),
             interval_secs=float(reader.number(log_node, "interval_secs", 30.0, minimum=0.1)),
