@@ -35,6 +35,7 @@ from omsd.report import assess_health, status_line, status_report
 from omsd.telemetry.metrics import Metrics
 from omsd.telemetry.progress import ProgressLog, total_lag
 from omsd.telemetry.statuspage import StatusBoard
+from omsd.dispatch.queue import DispatchPolicy
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites
@@ -96,7 +97,7 @@ class Supervisor:
                                before_revoke=self.finish_revoked, handover=self.handover, crypto=self.crypto)
                         for group, pipelines in self.groups.items()]
         self.pool = WorkerPool(cfg.workers, [_pipeline_spec(p, cfg.step_timeout_secs) for p in cfg.pipelines],
-                               log_json=log_json)
+                               log_json=log_json, policy=DispatchPolicy(cfg.dispatch))
         self.producer = make_producer(cfg, polled=True, on_error=self._on_kafka_error)
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
@@ -206,8 +207,7 @@ class Supervisor:
         for intake in self.intakes:
             intake.flow.pause(PauseReason.STOPPING)
         # Files not yet started are handed back: their offsets stay held, so a restart reads them again.
-        for slot in self.pool.slots:
-            slot.queue.clear()
+        self.pool.waiting.clear()
 
     def _drained(self) -> bool:
         if self.pool.pending() == 0 and not self.jobs.waiting_for_acks() and not self.writes.blocked:
@@ -272,10 +272,8 @@ class Supervisor:
             self.jobs.on_poison(task)
         for task, run in self.pool.take_timed_out():
             self.jobs.on_timeout(task, run, requeue=self.state is DaemonState.RUNNING)
-        for slot in self.pool.slots:
-            for task in slot.queue:
-                if task.deaths:  # handed out again after a worker died: skip the steps it finished
-                    self.jobs.refresh(task)
+        for task in self.pool.take_handed_back():  # waiting again after a worker died: skip the steps it finished
+            self.jobs.refresh(task)
         restarts = [slot.restarts for slot in self.pool.slots]
         self.pool.manage()
         for slot, before in zip(self.pool.slots, restarts):

@@ -1,15 +1,18 @@
 """The worker pool: numbered slots of spawned worker processes.
 
-A completed file goes to the slot its path hashes to, so one path is always
-handled by one worker, in order. A slot's worker works through its tasks one
-at a time; when files are cheap (the recent mean time per file is well under
-:data:`AHEAD_S`) it is sent several ahead, so that it never waits for the
-supervisor between them and can make their saves durable together. A slot
-whose process dies is restarted with backoff and its in-flight tasks go back
-to the front of its queue, in order; the one it was working on counts a
-death, and after ``poison_limit`` deaths is handed back as poison. A worker
-killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced at
-once; its task is handed back as timed out (:meth:`WorkerPool.take_timed_out`),
+Completed files wait in a :class:`~omsd.dispatch.queue.DispatchQueue`, which
+says which file a slot takes next: by default any slot with room takes the
+oldest file whose path has nothing in flight elsewhere (``balanced``), or
+only files whose path hashes to it (``sharded``); either way two generations
+of one path never run at once and run in order. A slot's worker works through
+its tasks one at a time; when files are cheap (the recent mean time per file
+is well under :data:`AHEAD_S`) it is sent several ahead, so that it never
+waits for the supervisor between them and can make their saves durable
+together. A slot whose process dies is restarted with backoff and its
+in-flight tasks wait again in their arrival order; the one it was working on
+counts a death, and after ``poison_limit`` deaths is handed back as poison. A
+worker killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced
+at once; its task is handed back as timed out (:meth:`WorkerPool.take_timed_out`),
 not as a death.
 """
 
@@ -26,9 +29,9 @@ from typing import Any
 import structlog
 
 from omsd.dispatch.backpressure import Backlog
+from omsd.dispatch.queue import DispatchPolicy, DispatchQueue
 from omsd.dispatch.watchdog import StepRun, watch
 from omsd.exitcodes import RET_WORKER_BOOT
-from omsd.wire.sharding import worker_slot_for
 from omsd.states import ProcessState, transition
 from workers.main import worker_main
 from workers.messages import FileTask, FromWorker, MessageKind, Stop
@@ -63,8 +66,8 @@ class Slot:
     _state: ProcessState = field(default=ProcessState.STOPPED, repr=False)
     process: Any = None
     conn: Any = None
-    queue: deque[Task] = field(default_factory=deque)
     in_flight: deque[Task] = field(default_factory=deque)  # sent to the worker, in order; the first is running
+    head_since: float = 0.0  # when the first of in_flight became the one the worker works on
     started_at: float = 0.0
     restart_at: float = 0.0
     backoff_s: float = BACKOFF_START_S
@@ -89,13 +92,14 @@ class Slot:
         """The task the worker is working on (the oldest one sent)."""
         return self.in_flight[0] if self.in_flight else None
 
-    def describe(self, now: float | None = None) -> dict:
+    def describe(self, now: float | None = None, waiting_home: int = 0) -> dict:
+        """``waiting_home``: files waiting whose home this slot is (any slot may take them when balanced)."""
         running = self.step.describe(time.monotonic() if now is None else now) if self.step else {
             "step": None, "attempt": None, "step_running_s": None, "step_limit_s": None}
         return {"slot": self.index, "pid": self.process.pid if self.process else None, "state": self.state.value,
                 "current_file": self.step.relative_path if self.step else
                 self.current.relative_path if self.current else None, **running,
-                "queued": len(self.queue) + max(0, len(self.in_flight) - 1),
+                "queued": waiting_home + max(0, len(self.in_flight) - 1),
                 "files_done": self.files_done, "restarts": self.restarts}
 
 
@@ -107,12 +111,14 @@ class WorkerPool:
     """Spawns, feeds, reaps and restarts the worker processes."""
 
     def __init__(self, size: int, pipelines: list[dict], *, log_json: bool | None = None, poison_limit: int = 3,
-                 start_method: str = "spawn") -> None:
+                 start_method: str = "spawn", policy: DispatchPolicy = DispatchPolicy.BALANCED) -> None:
         self.ctx = multiprocessing.get_context(start_method)
         self.pipelines = pipelines
         self.log_json = log_json
         self.poison_limit = poison_limit
         self.slots = [Slot(i) for i in range(size)]
+        self.waiting = DispatchQueue(size, policy)  # completed files no worker holds yet
+        self.handed_back: list[Task] = []  # waiting again after their worker died (see reap)
         self.mean_task_s: float | None = None  # moving average of the workers' time per file
         self.timed_out: list[tuple[Task, StepRun]] = []  # handed back by reap() after a watchdog kill
 
@@ -163,15 +169,12 @@ class WorkerPool:
                 slot.conn = None
 
     # -- work ------------------------------------------------------------------------------------
-    def slot_for(self, relative_path: str) -> Slot:
-        return self.slots[worker_slot_for(relative_path, len(self.slots))]
-
     def submit(self, task: Task) -> None:
-        self.slot_for(task.relative_path).queue.append(task)
+        self.waiting.push(task)
 
     def requeue(self, task: Task) -> None:
-        """Hand a task out again before the others of its slot (not before ``task.not_before``)."""
-        self.slot_for(task.relative_path).queue.appendleft(task)
+        """Hand a task out again in its arrival order, before later files (not before ``task.not_before``)."""
+        self.waiting.push_back([task])
 
     def busy(self) -> bool:
         """True when a worker has a message ready for us."""
@@ -187,7 +190,7 @@ class WorkerPool:
             time.sleep(timeout)
 
     def pending(self) -> int:
-        return sum(len(s.queue) + len(s.in_flight) for s in self.slots)
+        return len(self.waiting) + sum(len(s.in_flight) for s in self.slots)
 
     def in_flight_limit(self) -> int:
         """How many tasks a worker may hold: one, or several when files take well under AHEAD_S each."""
@@ -196,25 +199,51 @@ class WorkerPool:
         return max(1, min(MAX_IN_FLIGHT, int(AHEAD_S / max(self.mean_task_s, 1e-6))))
 
     def backlog(self) -> Backlog:
-        """Files running or waiting, per slot, and their staged size."""
-        tasks = [[*s.queue, *s.in_flight] for s in self.slots]
-        return Backlog(per_worker=tuple(len(t) for t in tasks), size_bytes=sum(t.size for ts in tasks for t in ts),
+        """Files running or waiting, per slot, and their staged size.
+
+        A waiting file counts for its home slot when sharded; when balanced, any slot may take it, so
+        the waiting files are shared out evenly.
+        """
+        n = len(self.slots)
+        if self.waiting.policy is DispatchPolicy.SHARDED:
+            waiting = self.waiting.waiting_by_home()
+        else:
+            total = len(self.waiting)
+            waiting = [total // n + (1 if i < total % n else 0) for i in range(n)]
+        size = sum(t.size for t in self.waiting) + sum(t.size for s in self.slots for t in s.in_flight)
+        return Backlog(per_worker=tuple(len(s.in_flight) + w for s, w in zip(self.slots, waiting)), size_bytes=size,
                        in_flight=self.in_flight_limit())
 
     def dispatch(self) -> None:
-        """Send each running worker the next tasks of its slot, up to :meth:`in_flight_limit`."""
+        """Send running workers the files the queue gives them, up to :meth:`in_flight_limit` each.
+
+        One file at a time: idle workers first, so that waiting files spread over them before any
+        worker is sent files ahead; then the worker whose current file started last (a worker that is
+        moving, rather than one stuck on a slow file).
+        """
         limit = self.in_flight_limit()
         now = time.monotonic()
-        for slot in self.slots:
-            while slot.state is ProcessState.RUNNING and len(slot.in_flight) < limit and slot.queue:
-                task = _next_due(slot.queue, now)
-                if task is None:
-                    break
-                slot.in_flight.append(task)
-                try:
-                    slot.conn.send(task.message)
-                except OSError:
-                    break  # the worker died; reap() hands the tasks back
+        # A worker whose current file has taken longer than AHEAD_S is sent nothing ahead: what waits
+        # behind a slow file could not be taken by another worker.
+        ready = [s for s in self.slots if s.state is ProcessState.RUNNING and len(s.in_flight) < limit
+                 and (not s.in_flight or now - s.head_since < AHEAD_S)]
+        while ready:
+            ready.sort(key=lambda s: (bool(s.in_flight), -s.head_since, len(s.in_flight)))
+            slot = ready[0]
+            task = self.waiting.take(slot.index, now)
+            if task is None:
+                ready.pop(0)
+                continue
+            if not slot.in_flight:
+                slot.head_since = now
+            slot.in_flight.append(task)
+            try:
+                slot.conn.send(task.message)
+            except OSError:
+                ready.pop(0)  # the worker died; reap() hands its tasks back
+                continue
+            if len(slot.in_flight) >= limit:
+                ready.pop(0)
 
     def events(self, timeout: float = 0.0) -> list[tuple[Slot, FromWorker]]:
         """Messages from workers (see :mod:`workers.messages`) with the slot that sent each.
@@ -240,7 +269,8 @@ class WorkerPool:
                     if message.kind is MessageKind.READY:
                         slot.move_to(ProcessState.RUNNING)
                     elif message.kind is MessageKind.RESULT and slot.in_flight:
-                        slot.in_flight.popleft()  # results come in the order the tasks were sent
+                        self.waiting.done(slot.in_flight.popleft())  # results come in the order tasks were sent
+                        slot.head_since = time.monotonic()
                         slot.files_done += 1
                         self._observe(message.duration_s)
                     out.append((slot, message))
@@ -292,6 +322,7 @@ class WorkerPool:
             timed_out = next((t for t in handed_back if killed is not None and t.task_id == killed.task_id), None)
             if timed_out is not None:  # the watchdog's kill: not a death of the slot, nor the file's
                 handed_back.remove(timed_out)
+                self.waiting.release(timed_out)  # no longer in flight; requeue() hands it out again
                 self.timed_out.append((timed_out, killed))
                 slot.last_timeout = (now, killed)
             else:
@@ -301,7 +332,9 @@ class WorkerPool:
                     task.deaths += 1
                     if task.deaths >= self.poison_limit:
                         poison.append(handed_back.pop(0))
-            slot.queue.extendleft(reversed(handed_back))
+                        self.waiting.done(task)
+            self.waiting.push_back(handed_back)
+            self.handed_back.extend(handed_back)
             if booted:
                 slot.move_to(ProcessState.EXITED)  # a running worker died; died while booting goes straight on
             slot.move_to(ProcessState.BACKOFF)  # wait before the restart
@@ -327,21 +360,12 @@ class WorkerPool:
     def alive(self) -> bool:
         return all(s.state is ProcessState.RUNNING for s in self.slots)
 
+    def take_handed_back(self) -> list[Task]:
+        """The tasks re-queued after a worker death since the last call."""
+        out, self.handed_back = self.handed_back, []
+        return out
+
     def describe(self) -> list[dict]:
         now = time.monotonic()
-        return [slot.describe(now) for slot in self.slots]
-
-
-def _next_due(queue: deque[Task], now: float) -> Task | None:
-    """Take the first task that may go now; a task waiting out its back-off holds back only later
-    tasks of its own path (generations of one path run in order), not the rest of the slot."""
-    held: set[str] = set()
-    for task in queue:
-        if task.relative_path in held:
-            continue
-        if task.not_before > now:
-            held.add(task.relative_path)
-            continue
-        queue.remove(task)
-        return task
-    return None
+        homes = self.waiting.waiting_by_home()
+        return [slot.describe(now, homes[slot.index]) for slot in self.slots]

@@ -12,6 +12,10 @@ arrived, whatever the policy:
 - ``sharded``: a slot takes only files whose home it is, oldest first (for
   steps that keep per-path state inside their worker process).
 
+A file may carry ``not_before`` (a ``time.monotonic()`` time: the back-off of
+a file whose step timed out); until then it is not taken, and neither are
+later generations of its path — other paths go on.
+
 Waiting files are kept per home slot, in arrival order (a sequence number),
 so a take looks at the head of each home queue: all generations of one path
 share a home, so the first waiting file of a path is its oldest.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
@@ -70,36 +75,33 @@ class DispatchQueue:
             index = bisect.bisect_left([s for s, _ in queue], seq)
             queue.insert(index, (seq, task))
 
-    def take(self, slot: int) -> Queued | None:
+    def take(self, slot: int, now: float | None = None) -> Queued | None:
         """The next file ``slot`` may run, removed from the waiting files and counted in flight there."""
-        if self.policy is DispatchPolicy.SHARDED:
-            queue = self._homes[slot]
-            if not queue:
-                return None
-            _seq, task = queue.popleft()
-        else:
-            found = self._oldest_free(slot)
-            if found is None:
-                return None
-            home, index = found
-            queue = self._homes[home]
-            _seq, task = queue[index]
-            del queue[index]
+        now = time.monotonic() if now is None else now
+        homes = [slot] if self.policy is DispatchPolicy.SHARDED else range(self.slots)
+        found = self._oldest_free(slot, homes, now)
+        if found is None:
+            return None
+        home, index = found
+        queue = self._homes[home]
+        _seq, task = queue[index]
+        del queue[index]
         _slot, count = self._running.get(task.relative_path, (slot, 0))
         self._running[task.relative_path] = (slot, count + 1)
         return task
 
-    def _oldest_free(self, slot: int) -> tuple[int, int] | None:
-        """(home, index) of the oldest waiting file ``slot`` may take under the balanced policy."""
+    def _oldest_free(self, slot: int, homes: "range | list[int]", now: float) -> tuple[int, int] | None:
+        """(home, index) of the oldest file of ``homes`` that ``slot`` may take now."""
         best: tuple[int, int, int] | None = None  # (seq, home, index)
-        for home, queue in enumerate(self._homes):
+        for home in homes:
             blocked: set[str] = set()
-            for index, (seq, task) in enumerate(queue):
+            for index, (seq, task) in enumerate(self._homes[home]):
                 if best is not None and seq > best[0]:
                     break
                 path = task.relative_path
                 where = self._running.get(path)
-                if path in blocked or (where is not None and where[0] != slot):
+                if (path in blocked or (where is not None and where[0] != slot)
+                        or getattr(task, "not_before", 0.0) > now):
                     blocked.add(path)  # its later generations wait behind it
                     continue
                 best = (seq, home, index)
@@ -111,6 +113,10 @@ class DispatchQueue:
         """A file taken earlier is finished (or was lost with its worker): its path may run anywhere again."""
         self._leave(task)
         self._order.pop(id(task), None)
+
+    def release(self, task: Queued) -> None:
+        """A file taken earlier is no longer in flight, and will be pushed back later (keeping its place)."""
+        self._leave(task)
 
     def _leave(self, task: Queued) -> None:
         where = self._running.get(task.relative_path)
@@ -127,16 +133,19 @@ class DispatchQueue:
         return sum(len(q) for q in self._homes)
 
     def __iter__(self) -> Iterator[Queued]:
+        """Every waiting file, home slot by home slot (see :meth:`ordered` for arrival order)."""
+        return (task for queue in self._homes for _seq, task in queue)
+
+    def ordered(self) -> list[Queued]:
         """Every waiting file, oldest first."""
-        merged = sorted(((seq, task) for q in self._homes for seq, task in q), key=lambda e: e[0])
-        return (task for _seq, task in merged)
+        return [task for _seq, task in sorted((e for q in self._homes for e in q), key=lambda e: e[0])]
 
     def waiting_by_home(self) -> list[int]:
         return [len(q) for q in self._homes]
 
     def clear(self) -> list[Queued]:
         """Forget every waiting file (a graceful stop hands them back to Kafka); returns them."""
-        out = list(self)
+        out = self.ordered()
         for queue in self._homes:
             queue.clear()
         for task in out:

@@ -92,7 +92,7 @@ def test_handed_back_files_wait_in_their_arrival_order() -> None:
     taken = [queue.take(0), queue.take(0)]
     assert taken == [first, second]
     queue.push_back(taken)  # the worker died holding both
-    assert list(queue) == [first, second, third]
+    assert queue.ordered() == [first, second, third]
     assert queue.take(1) is first
 
 
@@ -100,3 +100,21 @@ def test_the_config_accepts_exactly_the_policies() -> None:
     from omsd.config import DISPATCH_POLICIES
 
     assert {p.value for p in DispatchPolicy} == set(DISPATCH_POLICIES)
+
+
+@dataclass(eq=False)
+class Later:
+    relative_path: str
+    not_before: float = 0.0
+
+
+def test_a_file_backing_off_holds_back_only_its_own_path() -> None:
+    a, b = paths_with_home(0, 2)
+    for policy in DispatchPolicy:
+        queue = DispatchQueue(2, policy)
+        backing_off, its_next, other = Later(a, not_before=100.0), Later(a), Later(b)
+        for task in (backing_off, its_next, other):
+            queue.push(task)
+        assert queue.take(0, now=50.0) is other  # its_next waits behind the generation backing off
+        assert queue.take(0, now=50.0) is None
+        assert queue.take(0, now=101.0) is backing_off
