@@ -221,7 +221,15 @@ class Registry:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Writes that are recorded together or not at all (rolled back on any error, disk full included)."""
+        """Writes that are recorded together or not at all (rolled back on any error, disk full included).
+
+        Inside another transaction it is a savepoint: its writes are undone on an error, and committed
+        with the outer transaction.
+        """
+        if self.db.in_transaction:
+            with self._savepoint():
+                yield
+            return
         try:
             self.db.execute("BEGIN IMMEDIATE")
             yield
@@ -232,6 +240,18 @@ class Registry:
         except BaseException:
             self._rollback()
             raise
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self.db.execute("SAVEPOINT inner_writes")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK TO inner_writes")
+                self.db.execute("RELEASE inner_writes")
+            raise
+        self.db.execute("RELEASE inner_writes")
 
     def _rollback(self) -> None:
         if self.db.in_transaction:

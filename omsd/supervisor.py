@@ -253,6 +253,7 @@ class Supervisor:
             elif message.kind is MessageKind.BOOT_FAILED:
                 self.stats.error(f"worker {slot.index} failed to boot: {message.error}")
         self.producer.poll(0)
+        self.jobs.flush()  # this turn's outcomes, recorded in one transaction
 
     def _produce(self, topic: str, key: str, value: bytes, callback: object) -> None:
         """Every message omsd sends (results, metadata, heartbeats, logs); encrypted with a kafkacrypto node."""
@@ -410,6 +411,7 @@ class Supervisor:
         left = self.producer.flush(10)
         if left:
             log.warning("messages not delivered at stop", count=left)
+        self.jobs.flush()  # outcomes whose last result message was acknowledged just now
         if self.crypto is not None:
             self.crypto.close()  # after the producer: nothing more is encrypted
         # After a timed-out drain the busy workers are stopped at once: their files were handed back.

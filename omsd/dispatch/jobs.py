@@ -9,7 +9,10 @@ was complete gets its outcome ("expired", or "corrupt") recorded here too.
 
 Registry writes go through :class:`~omsd.statewrites.StateWrites`: when the
 disk is full they wait (in order) and are retried, and a job stays a job —
-its staging kept, its offsets held — until its outcome is recorded.
+its staging kept, its offsets held — until its outcome is recorded. The step
+and file outcomes reported in one turn of the supervisor loop are recorded
+together, in one transaction (:meth:`FileJobs.flush`), and what follows from
+them (counts, staging freed, offsets released) happens once it has committed.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class FileJobs:
         self.writes = writes or StateWrites(failed_dir.parent)
         self.unregistered: list[tuple[Intake, FileAssembly]] = []  # complete, waiting for space to be registered
         self._task_ids = itertools.count(1)
+        self._grouped: list[Callable[[], None]] = []  # registry writes for the next flush()
+        self._effects: list[Callable[[], None]] | None = None  # while a group runs: what follows its commit
 
     # -- creating jobs -------------------------------------------------------------------------------
     def file_complete(self, intake: Intake, assembly: FileAssembly) -> None:
@@ -245,7 +250,7 @@ class FileJobs:
             self.on_result(FileResult(task_id=task.task_id, status=ResultStatus.OK, pipelines={run.pipeline: False}))
 
     def _record_step(self, job: FileJob, step: StepFinished, status: StepStatus, error: str | None) -> None:
-        self.writes.run(f"step of {job.relative_path}", lambda: self.registry.record_step(
+        self._grouped.append(lambda: self.registry.record_step(
             job.record_id, step.pipeline, step.index, step.step, status.value, step.attempts, error, step.duration_s))
         self.metrics.observe_step(step.pipeline, step.step, step.duration_s)
         if status is StepStatus.FAILED:
@@ -261,9 +266,38 @@ class FileJobs:
 
         def record() -> None:
             self._conclude(job)
-            self.jobs.pop(task_id, None)
+            self._then(lambda: self.jobs.pop(task_id, None))
 
-        self.writes.run(f"outcome of {job.relative_path}", record)
+        self._grouped.append(record)
+
+    def flush(self) -> None:
+        """Record the outcomes grouped since the last call in one transaction (one commit, not one per
+        write), then let what follows from them happen. A full disk makes the whole group wait and run
+        again from its start (see :class:`~omsd.statewrites.StateWrites`)."""
+        if not self._grouped:
+            return
+        ops, self._grouped = self._grouped, []
+
+        def record_all() -> None:
+            effects: list[Callable[[], None]] = []
+            self._effects = effects
+            try:
+                with self.registry.transaction():
+                    for op in ops:
+                        op()
+            finally:
+                self._effects = None
+            for effect in effects:
+                effect()
+
+        self.writes.run(f"{len(ops)} outcomes", record_all)
+
+    def _then(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` once the outcomes being recorded are committed (at once outside a group)."""
+        if self._effects is None:
+            effect()
+        else:
+            self._effects.append(effect)
 
     def _conclude(self, job: FileJob) -> None:
         result = job.result
@@ -307,16 +341,20 @@ class FileJobs:
         processed, and nothing of the corrupt one is saved.
         """
         bad = list(result.bad_chunks)
-        self._report_bad_chunks(job, bad)
         assembly, intake = job.assembly, job.intake
         if bad and assembly is not None and intake is not None and assembly.repairs < MAX_REPAIRS:
-            intake.reopen(assembly, bad)
+            self._then(lambda: (self._report_bad_chunks(job, bad), intake.reopen(assembly, bad)))
             return
         error = result.error or "whole-file sha512 mismatch"
         self.registry.set_status(job.record_id, "corrupt", error)
-        self.stats.file_failed()
-        log.error("file corrupt", path=job.relative_path, topic=job.topic, error=error)
-        self._finish_file(job, recorded=False)
+
+        def effects() -> None:
+            self._report_bad_chunks(job, bad)
+            self.stats.file_failed()
+            log.error("file corrupt", path=job.relative_path, topic=job.topic, error=error)
+            self._finish_file(job, recorded=False)
+
+        self._then(effects)
 
     def _report_bad_chunks(self, job: FileJob, bad: list[int]) -> None:
         """Name the messages whose data did not match their chunk hash: logged and counted as rejections."""
@@ -342,6 +380,11 @@ class FileJobs:
                 failure = errors.get(pipeline.name)
                 self.registry.record_pipeline(job.record_id, pipeline.name, "failed" if failure else "done", failure)
             self.registry.set_status(job.record_id, status, error, kept_path=kept)
+        self._then(lambda: self._settled(job, errors, status, error))
+
+    def _settled(self, job: FileJob, errors: dict[str, str], status: str, error: str | None) -> None:
+        """What follows a recorded outcome: counted, kept bytes of a retried file removed, staging freed,
+        offsets released."""
         for pipeline in job.pipelines:
             if pipeline.name in errors:
                 self.metrics.file_failed(pipeline.name)
