@@ -6,8 +6,8 @@ several ahead) and puts each report (step outcomes, the file's result) here.
 :data:`FLUSH_EVERY` results or a report older than :data:`FLUSH_AFTER_S` are
 held, and before the worker exits — passes the held reports, with the files
 saved for them, to a sender thread. That thread makes the files durable
-(:func:`workers.durability.make_durable`: one ``syncfs`` for every group that
-is waiting) and then sends the reports, in order; meanwhile the worker goes
+(:func:`workers.durability.make_durable`, once for every group that is
+waiting) and then sends the reports, in order; meanwhile the worker goes
 on with its next file. The sender also takes reports that have waited
 :data:`FLUSH_AFTER_S` by itself, so the outcome of a step finished before a
 long one is recorded while the long one runs (a worker death then does not
