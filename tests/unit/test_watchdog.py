@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
-from omsd.dispatch.pool import Task, _next_due
+from omsd.dispatch.pool import Task
+from omsd.dispatch.queue import DispatchPolicy, DispatchQueue
 from omsd.dispatch.watchdog import StepRun, health_reasons, watch
 
 
@@ -56,7 +56,10 @@ def test_a_task_waiting_out_its_backoff_holds_back_only_its_own_path() -> None:
     def task(task_id: int, path: str, not_before: float = 0.0) -> Task:
         return Task(task_id=task_id, relative_path=path, message=None, not_before=not_before)  # type: ignore[arg-type]
 
-    queue = deque([task(1, "hung.dat", not_before=50.0), task(2, "hung.dat"), task(3, "other.dat")])
-    assert _next_due(queue, now=10.0).task_id == 3  # the later generation of hung.dat waits behind it
-    assert _next_due(queue, now=10.0) is None
-    assert [t.task_id for t in (_next_due(queue, now=60.0), _next_due(queue, now=60.0))] == [1, 2]
+    for policy in DispatchPolicy:
+        queue = DispatchQueue(1, policy)
+        for waiting in (task(1, "hung.dat", not_before=50.0), task(2, "hung.dat"), task(3, "other.dat")):
+            queue.push(waiting)
+        assert queue.take(0, now=10.0).task_id == 3  # the later generation of hung.dat waits behind it
+        assert queue.take(0, now=10.0) is None
+        assert [t.task_id for t in (queue.take(0, now=60.0), queue.take(0, now=60.0))] == [1, 2]
