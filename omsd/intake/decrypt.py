@@ -9,8 +9,8 @@ staging like any other. One whose key has not arrived yet is held back, without 
 - then it is kept raw and durably (:mod:`omsd.intake.undecryptable`), and only then is its offset
   released, so the partition's commit moves past it;
 - kept messages are tried again every ``retry_undecryptable_secs`` (one probe per key index: when it
-  opens, all messages under that key are re-read from their files) and on ``omsctl retry
-  --undecryptable``; a kept file is deleted only once the file it belongs to is finished.
+  opens, all messages under that key are re-read from their files, ``REPLAY_BYTES`` at a time) and on
+  ``omsctl retry --undecryptable``; a kept file is deleted only once the file it belongs to is finished.
 
 Messages that are not KafkaCrypto messages at all are kept at once, or passed on as they are with
 ``treat_undecryptable_as_plaintext``.
@@ -34,6 +34,7 @@ from omsd.intake.watermark import TopicPartitionKey, Watermarks
 log = structlog.get_logger(__name__)
 
 RETRY_EVERY_S = 0.25
+REPLAY_BYTES = 256 << 20  # kept messages read back into memory at a time
 _holders = itertools.count(1)
 
 
@@ -79,6 +80,8 @@ class Decryptor:
         self.stats = DecryptStats()
         self._live: dict[tuple[TopicPartitionKey, int], _Pending] = {}
         self._replays: dict[Path, _Pending] = {}
+        self._replay_queue: list[tuple[Path, float]] = []  # kept files still to be read again, with their wait
+        self._replay_bytes = 0
         self._first_seen: dict[tuple[str, bytes | None], float] = {}
         self._bound: dict[object, list[Path]] = {}  # file key → kept files it was staged from
         self._next_probe = time.monotonic() + min(settings.retry_undecryptable_s, 5.0)
@@ -161,6 +164,7 @@ class Decryptor:
         if now >= self._next_probe:
             self._next_probe = now + self.settings.retry_undecryptable_s
             self._probe_kept(now)
+        self._top_up(now)
         out: list[Opened] = []
         closed: set[tuple[str, bytes | None]] = set()  # key indexes that did not open this turn
         for pending in sorted((*self._live.values(), *self._replays.values()),
@@ -203,7 +207,8 @@ class Decryptor:
 
     def _drop(self, pending: _Pending) -> None:
         if pending.kept is not None:
-            self._replays.pop(pending.kept.path, None)
+            if self._replays.pop(pending.kept.path, None) is not None:
+                self._replay_bytes -= len(pending.kept.value)
             return
         tp = (pending.msg.topic(), pending.msg.partition())
         self._live.pop((tp, pending.msg.offset()), None)
@@ -233,19 +238,29 @@ class Decryptor:
 
     # -- kept messages ------------------------------------------------------------------------------
     def retry_kept(self, wait_s: float | None = None) -> int:
-        """Try every kept message again (``omsctl retry --undecryptable``); returns how many."""
-        now = time.monotonic()
+        """Try every kept message again (``omsctl retry --undecryptable``); returns how many.
+
+        They are read from disk ``REPLAY_BYTES`` at a time, as earlier ones leave (each waits for its key
+        from when it is read), so a large backlog does not fill the memory.
+        """
         wait = self.settings.max_initial_wait_s if wait_s is None else wait_s
-        queued = 0
-        for kept in self.store.all():
-            if kept.path in self._replays:
+        queued = {path for path, _ in self._replay_queue}
+        fresh = [e.path for e in self.store.entries() if e.path not in self._replays and e.path not in queued]
+        self._replay_queue.extend((path, wait) for path in fresh)
+        self._top_up(time.monotonic())
+        return len(fresh)
+
+    def _top_up(self, now: float) -> None:
+        while self._replay_queue and self._replay_bytes < REPLAY_BYTES:
+            path, wait = self._replay_queue.pop(0)
+            kept = self.store.load(path) if path.exists() else None
+            if kept is None:
                 continue
             msg = Message(topic=kept.topic, partition=kept.partition, offset=kept.offset, key=kept.key,
                           value=kept.value, timestamp=(1, kept.timestamp) if kept.timestamp else (0, 0))
-            self._replays[kept.path] = _Pending(msg=msg, key_index=kept.key_index, deadline=now + wait,
-                                                next_try=now, kept=kept)
-            queued += 1
-        return queued
+            self._replays[path] = _Pending(msg=msg, key_index=kept.key_index, deadline=now + wait, next_try=now,
+                                           kept=kept)
+            self._replay_bytes += len(kept.value)
 
     def _probe_kept(self, now: float) -> None:
         """One message per key index is tried; when it opens, all kept under that key are read again."""
@@ -281,7 +296,7 @@ class Decryptor:
 
     # -- reporting ---------------------------------------------------------------------------------
     def waiting(self) -> int:
-        return len(self._live) + len(self._replays)
+        return len(self._live) + len(self._replays) + len(self._replay_queue)
 
     def describe(self) -> dict:
         now = time.monotonic()

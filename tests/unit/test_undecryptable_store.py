@@ -23,3 +23,32 @@ def test_keep_list_load_and_remove(tmp_path: Path) -> None:
     store.remove(first)  # already gone: no error
     assert store.count() == 1 and [e.offset for e in store.entries()] == [3]
     assert not list(first.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+class _OpenNode:
+    """Stands in for a CryptoNode whose keys have all arrived: every message opens as itself."""
+
+    node_id = "n"
+
+    def decrypt(self, topic: str, key: bytes | None, value: bytes) -> tuple[bytes | None, bytes]:
+        return key, value
+
+
+def test_kept_messages_are_read_back_a_bounded_amount_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    from omsd.crypto.settings import CryptoSettings
+    from omsd.intake import decrypt
+    from omsd.intake.watermark import Watermarks
+
+    monkeypatch.setattr(decrypt, "REPLAY_BYTES", 250)
+    store = UndecryptableStore(tmp_path, "g")
+    for offset in range(5):
+        store.keep("t", 0, offset, None, b"k", b"v" * 100, b"K", "no key in time")
+    decryptor = decrypt.Decryptor(_OpenNode(), CryptoSettings(config_file=tmp_path / "n.config"), store,
+                                  Watermarks())
+    assert decryptor.retry_kept() == 5
+    assert decryptor.retry_kept() == 0  # already queued
+    assert len(decryptor._replays) == 3 and decryptor.waiting() == 5  # 300 bytes read, 2 still on disk only
+    opened = decryptor.ready()
+    assert [o.msg.offset() for o in opened] == [0, 1, 2] and all(o.kept is not None for o in opened)
+    assert [o.msg.offset() for o in decryptor.ready()] == [3, 4]  # read once the first ones left
+    assert decryptor.waiting() == 0
