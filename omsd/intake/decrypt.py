@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 RETRY_EVERY_S = 0.25
 REPLAY_BYTES = 256 << 20  # kept messages read back into memory at a time
+WAITING_BYTES = 256 << 20  # messages held in memory for their key; past this the oldest are kept on disk early
 _holders = itertools.count(1)
 
 
@@ -82,6 +83,7 @@ class Decryptor:
         self._replays: dict[Path, _Pending] = {}
         self._replay_queue: list[tuple[Path, float]] = []  # kept files still to be read again, with their wait
         self._replay_bytes = 0
+        self._live_bytes = 0
         self._first_seen: dict[tuple[str, bytes | None], float] = {}
         self._bound: dict[object, list[Path]] = {}  # file key → kept files it was staged from
         self._next_probe = time.monotonic() + min(settings.retry_undecryptable_s, 5.0)
@@ -126,6 +128,7 @@ class Decryptor:
         self.watermarks.hold(tp, pending.holder, offset)
         self.watermarks.consumed(tp, offset)
         self._live[(tp, offset)] = pending
+        self._live_bytes += len(msg.value() or b"")
         self.stats.waiting_since.setdefault(tp, now)
 
     def _keep_now(self, msg: Message, reason: str) -> None:
@@ -193,11 +196,21 @@ class Decryptor:
             else:
                 self.stats.decrypted += 1
             out.append(Opened(pending.msg, pending.kept))
+        self._bound_memory()
         return out
 
-    def _give_up(self, pending: _Pending) -> None:
+    def _bound_memory(self) -> None:
+        """Too much waits in memory: keep the oldest on disk now (they are tried again from there)."""
+        if self._live_bytes <= WAITING_BYTES:
+            return
+        for pending in sorted(self._live.values(), key=lambda p: p.deadline):
+            if self._live_bytes <= WAITING_BYTES // 2:
+                return
+            if not pending.plain:
+                self._give_up(pending, f"more than {WAITING_BYTES >> 20} MiB waited for keys")
+    def _give_up(self, pending: _Pending, reason: str = "no decryption key arrived in time") -> None:
         """Past its deadline: keep it on disk (a kept one stays where it is), then release its offset."""
-        if pending.kept is None and not self._keep(pending.msg, pending.key_index, "no decryption key arrived in time"):
+        if pending.kept is None and not self._keep(pending.msg, pending.key_index, reason):
             pending.next_try = time.monotonic() + 1.0  # the disk refused: still held, written later
             return
         if pending.holder is not None:
@@ -211,7 +224,8 @@ class Decryptor:
                 self._replay_bytes -= len(pending.kept.value)
             return
         tp = (pending.msg.topic(), pending.msg.partition())
-        self._live.pop((tp, pending.msg.offset()), None)
+        if self._live.pop((tp, pending.msg.offset()), None) is not None:
+            self._live_bytes -= len(pending.msg.value() or b"")
         if pending.holder is not None:
             self.watermarks.release(pending.holder, done=False)  # staging takes the offset over
             pending.holder = None
@@ -228,6 +242,7 @@ class Decryptor:
                            holder=-next(_holders), plain=True)
         self.watermarks.hold(tp, pending.holder, msg.offset())
         self._live[(tp, msg.offset())] = pending
+        self._live_bytes += len(msg.value() or b"")
 
     def drop_partitions(self, tps: set[TopicPartitionKey]) -> None:
         """Revoked partitions: forget their waiting messages (the next owner reads them again)."""

@@ -52,3 +52,30 @@ def test_kept_messages_are_read_back_a_bounded_amount_at_a_time(tmp_path: Path, 
     assert [o.msg.offset() for o in opened] == [0, 1, 2] and all(o.kept is not None for o in opened)
     assert [o.msg.offset() for o in decryptor.ready()] == [3, 4]  # read once the first ones left
     assert decryptor.waiting() == 0
+
+
+class _ClosedNode(_OpenNode):
+    """A CryptoNode whose keys never arrive."""
+
+    def decrypt(self, topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+
+def test_messages_waiting_in_memory_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    from confluent_kafka import Message
+
+    from omsd.crypto.settings import CryptoSettings
+    from omsd.intake import decrypt
+    from omsd.intake.watermark import Watermarks
+
+    monkeypatch.setattr(decrypt, "WAITING_BYTES", 1000)
+    watermarks = Watermarks()
+    store = UndecryptableStore(tmp_path, "g")
+    decryptor = decrypt.Decryptor(_ClosedNode(), CryptoSettings(config_file=tmp_path / "n.config"), store,
+                                  watermarks)
+    messages = [Message(topic="t", partition=0, offset=i, key=b"k", value=b"\x01" + b"v" * 299) for i in range(6)]
+    assert decryptor.admit(messages) == []  # all wait for their key
+    assert decryptor.waiting() == 6 and watermarks.safe(("t", 0)) == 0  # and hold the partition's offset
+    decryptor.ready()
+    assert store.count() == 5 and decryptor.waiting() == 1  # 1800 bytes > 1000: the oldest kept down to 500
+    assert watermarks.safe(("t", 0)) == 5  # the kept ones no longer hold the commit back
