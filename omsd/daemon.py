@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
 import sys
@@ -38,7 +39,11 @@ def lock_state_dir(state_dir: Path) -> int:
         os.close(fd)
         raise StateDirLocked(f"another omsd (pid {holder or '?'}) is running on {state_dir}") from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # the pid only informs a second daemon's message; a full disk is handled later
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
     return fd
 
 
@@ -46,7 +51,7 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
     from omsd.crypto.node import CryptoError
     from omsd.kafka import check_client_configs
-    from omsd.registry import RegistryDamaged
+    from omsd.registry import RegistryDamaged, RegistryFull
     from omsd.supervisor import Supervisor, report_damaged_registry
 
     try:
@@ -67,6 +72,9 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
             code = report_damaged_registry(exc)
             log.info("omsd stopped", exit_code=code)
             return code
+        except RegistryFull as exc:  # a first start on a full disk: nothing to wait for yet, try again later
+            log.error(f"{exc}; free space in {config.state_dir} and start again")
+            return exitcodes.RET_ERROR
         except CryptoError as exc:
             log.error("cannot open the KafkaCrypto node", error=str(exc))
             return exitcodes.RET_CONFIG

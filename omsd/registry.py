@@ -197,7 +197,10 @@ class Registry:
         if problem is not None:
             raise RegistryDamaged(self.path, problem)
         if not self.path.exists():
-            create_registry(self.path)
+            try:
+                create_registry(self.path)
+            except (sqlite3.OperationalError, OSError) as exc:  # nothing is left behind but the temporary file
+                raise RegistryFull(self.path, f"cannot create it: {exc}") from exc
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -70,3 +70,14 @@ def test_a_full_disk_is_registry_full_and_records_nothing_half(tmp_path) -> None
     with registry.transaction():
         registry.record_step(record.id, "p", 0, "save", "done", 1, None, 0.0)
     assert registry.done_steps(record.id) == {"p": [0]}
+
+
+def test_a_registry_that_cannot_be_created_for_lack_of_space_is_registry_full(tmp_path, monkeypatch) -> None:
+    import omsd.registry as registry_module
+
+    def full(path) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(registry_module, "create_registry", full)
+    with pytest.raises(RegistryFull, match="cannot create it"):
+        Registry(tmp_path / "r.sqlite")
