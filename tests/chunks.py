@@ -112,6 +112,15 @@ def tree(root: Path) -> dict[str, bytes]:
     return out
 
 
+def json_lines(path: Path | str) -> list[dict]:
+    """The JSON lines a test's step function appended to ``path``, in order ([] before the first)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def log_events(log_path: Path) -> list[dict]:
     """The daemon's JSON log lines; any other line (librdkafka's raw output, say) as ``{"raw": line}``."""
     out = []

@@ -39,13 +39,3 @@ def record_span(datafile) -> None:
     with open(os.environ["OMSD_TEST_RECORD"], "a", encoding="utf-8") as out:
         out.write(json.dumps(line) + "\n")
 
-
-def spans(path) -> list[dict]:
-    """The lines :func:`record_span` wrote, in the order they were written."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    except FileNotFoundError:
-        return []

@@ -57,11 +57,3 @@ def spin(datafile) -> None:
         out.write(json.dumps({"path": datafile.relative_filepath, "pid": os.getpid(), "cpu_s": cpu1 - cpu0,
                               "start": wall0, "end": wall1}) + "\n")
 
-
-def records(path) -> list[dict]:
-    """The JSON lines written by the functions above."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    except FileNotFoundError:
-        return []

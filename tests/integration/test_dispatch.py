@@ -9,9 +9,8 @@ from pathlib import Path
 
 from omsd.control.client import ControlClient
 from omsd.wire.sharding import worker_slot_for
-from tests.chunks import chunk_messages, produce, start_daemon, stop_daemon, wait_for
+from tests.chunks import chunk_messages, json_lines, produce, start_daemon, stop_daemon, wait_for
 from tests.conftest import pipeline, write_config
-from tests.integration.funcs import spans
 
 
 def names_with_home(home: int, n: int, stem: str) -> list[str]:
@@ -42,12 +41,12 @@ def run_daemon(tmp_path: Path, bootstrap: str, topic: str, files: list[tuple[str
     proc = start_daemon(["run", "--config", str(cfg)], log, {"OMSD_TEST_RECORD": str(record),
                                                             "OMSD_TEST_SLOW": str(slow_s)})
     try:
-        wait_for(lambda: len(spans(record)) == len(files), 60, "every file recorded", proc, log)
+        wait_for(lambda: len(json_lines(record)) == len(files), 60, "every file recorded", proc, log)
         workers = ControlClient(tmp_path / "state" / "omsd.sock").request("status")["workers"]
     finally:
         assert stop_daemon(proc) == 0
     slot_of = {w["pid"]: w["slot"] for w in workers}
-    return [{**s, "slot": slot_of.get(s["pid"])} for s in spans(record)]
+    return [{**s, "slot": slot_of.get(s["pid"])} for s in json_lines(record)]
 
 
 def test_a_slow_file_does_not_hold_up_the_files_behind_it_while_a_worker_is_idle(broker, topic, tmp_path) -> None:

@@ -25,9 +25,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from omsd.dev.broker import free_port
 from omsd.control.client import ControlClient, DaemonNotRunning
 from omsd.wire.sharding import worker_slot_for
-from tests.chunks import REPO, chunk_messages, produce_files, start_daemon, stop_daemon, tree, wait_for
+from tests.chunks import REPO, chunk_messages, json_lines, produce_files, start_daemon, stop_daemon, tree, wait_for
 from tests.conftest import S3_CREDENTIALS, client_props, pipeline, write_config
-from tests.integration.pipeline_funcs import records
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def test_match_regex_filters_files(broker, topic, tmp_path) -> None:
         assert state["staging"]["files"] == 0
     finally:
         assert stop_daemon(proc) == 0
-    assert sorted(r["path"] for r in records(record)) == ["a/keep_1.dat", "b/c/keep_2.dat"]
+    assert sorted(r["path"] for r in json_lines(record)) == ["a/keep_1.dat", "b/c/keep_2.dat"]
 
 
 def test_two_pipelines_on_one_topic_both_run(broker, topic, tmp_path) -> None:
@@ -245,13 +244,13 @@ def test_failing_step_is_retried_listed_and_retried_by_omsctl(broker, topic, tmp
         (failed,) = omsctl(tmp_path, "failed")["files"]
         assert failed["path"] == "runs/r1/spectrum.csv" and failed["pipeline"] == "ingest"
         assert failed["attempts"] == 3 and "instrument database offline" in failed["error"]
-        assert [r["failed"] for r in records(record)] == [True, True, True]  # 1 try + retries: 2
+        assert [r["failed"] for r in json_lines(record)] == [True, True, True]  # 1 try + retries: 2
         assert len(list((tmp_path / "state" / "failed").iterdir())) == 1  # its bytes are kept
         assert proc.poll() is None  # the daemon carries on
 
         flag.unlink()  # the database is back
         assert omsctl(tmp_path, "retry", "--all")["queued"] == 1
-        wait_for(lambda: [r["failed"] for r in records(record)] == [True, True, True, False], 30,
+        wait_for(lambda: [r["failed"] for r in json_lines(record)] == [True, True, True, False], 30,
                  "the retry to succeed", proc, log)
         wait_for(lambda: omsctl(tmp_path, "failed")["files"] == [], 30, "the failure to be cleared", proc, log)
         wait_for(lambda: not list((tmp_path / "state" / "failed").iterdir()), 30, "kept bytes removed", proc, log)
@@ -327,12 +326,12 @@ def test_cpu_bound_call_runs_on_two_worker_processes_at_once(broker, topic, tmp_
         worker_pids = {w["pid"] for w in status(tmp_path)["workers"]}
         cpu_before = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in worker_pids}
         produce_files(broker.bootstrap, topic, files)
-        wait_for(lambda: len(records(record)) == len(files), 90, "every file analysed", proc, log)
+        wait_for(lambda: len(json_lines(record)) == len(files), 90, "every file analysed", proc, log)
         cpu_used = {pid: sum(psutil.Process(pid).cpu_times()[:2]) - cpu_before[pid] for pid in worker_pids}
         assert {w["pid"] for w in status(tmp_path)["workers"]} == worker_pids  # no restarts in between
     finally:
         assert stop_daemon(proc) == 0
-    done = records(record)
+    done = json_lines(record)
     by_pid: dict[int, list[dict]] = {}
     for r in done:
         by_pid.setdefault(r["pid"], []).append(r)
