@@ -482,6 +482,26 @@ class Profiler:
 
 
 # -- main --------------------------------------------------------------------------------------------
+def add_reader_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every reader comparison (this one and bench_small): workers, readers, time-out, work dir."""
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="omsd workers (CPU count)")
+    parser.add_argument("--oms-threads", type=int, default=os.cpu_count() or 1,
+                        help="DataFileDownloadDirectory --n_threads (CPU count)")
+    parser.add_argument("--only", action="append", choices=READERS, help="run only these readers (repeatable)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds each reader may take")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
+    parser.add_argument("--profile", action="store_true",
+                        help="record omsd with py-spy (supervisor and workers) into WORK/profile-omsd.txt")
+
+
+def work_dir(args: argparse.Namespace, prefix: str) -> Path:
+    """--work-dir, or a new temporary directory; with its logs/ subdirectory."""
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(exist_ok=True)
+    return work
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=48, help="number of files (default 48)")
@@ -491,14 +511,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--producer", choices=("openmsistream", "omsd"), default="openmsistream",
                         help="who produces the data set: OpenMSIStream's UploadDataFile (default) or a plain "
                              "producer writing the same format with no partition set")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="omsd workers (CPU count)")
-    parser.add_argument("--oms-threads", type=int, default=os.cpu_count() or 1,
-                        help="DataFileDownloadDirectory --n_threads (CPU count)")
-    parser.add_argument("--only", action="append", choices=READERS, help="run only these readers (repeatable)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds each reader may take")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
-    parser.add_argument("--profile", action="store_true",
-                        help="record omsd with py-spy (supervisor and workers) into WORK/profile-omsd.txt")
+    add_reader_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.files, args.size_mib = 8, 8
@@ -508,9 +521,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> list[Timing]:
     from omsd.dev.broker import EmbeddedBroker
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "logs").mkdir(exist_ok=True)
+    work = work_dir(args, "omsd-bench-")
     size = int(args.size_mib * (1 << 20))
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}")

@@ -28,7 +28,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_download import (  # noqa: E402
     HEARTBEAT_INTERVAL_MS, POLL_S, READERS, REPO, SESSION_TIMEOUT_MS, Profiler, SourceFile, Timing, Verifier,
-    chunk_stream, generate, process_cpu, produce_omsd_format, time_omsd, time_openmsistream,
+    add_reader_options, chunk_stream, generate, process_cpu, produce_omsd_format, time_omsd, time_openmsistream,
+    work_dir,
 )
 
 if str(REPO) not in sys.path:
@@ -189,15 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=3000, help="number of small files (default 3000)")
     parser.add_argument("--latency", type=int, default=30, help="single files timed for latency (default 30)")
     parser.add_argument("--quick", action="store_true", help="300 files, 10 latency files")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="omsd workers (CPU count)")
-    parser.add_argument("--oms-threads", type=int, default=os.cpu_count() or 1,
-                        help="DataFileDownloadDirectory --n_threads (CPU count)")
-    parser.add_argument("--only", action="append", choices=READERS, help="run only these readers (repeatable)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds each reader may take")
     parser.add_argument("--seed", type=int, default=1, help="seed for the file sizes")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
-    parser.add_argument("--profile", action="store_true",
-                        help="record omsd with py-spy (supervisor and workers) into WORK/profile-omsd.txt")
+    add_reader_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.files, args.latency = 300, 10
@@ -207,9 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> list[Result]:
     from omsd.dev.broker import EmbeddedBroker
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-small-"))
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "logs").mkdir(exist_ok=True)
+    work = work_dir(args, "omsd-bench-small-")
     rng = random.Random(args.seed)
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}   load average {os.getloadavg()[0]:.1f}")
