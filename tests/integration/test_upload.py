@@ -258,8 +258,30 @@ class Watcher:
         try:
             return self.proc.wait(15)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+            self.kill()
+
+    def kill(self) -> None:
+        """Kill it if it still runs (a test that failed before stopping it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def sent_after_restart(watcher: Watcher, watched: Path, reader: TopicReader, settle: float) -> list[str]:
+    """What a restarted ``watcher`` sends: it settles ``settle`` s, a marker file is written and read, it stops.
+
+    Returns the relative paths of the chunks read since the call (a watcher that re-sends nothing: ["marker"]);
+    the reader is closed.
+    """
+    sent_before = len(reader.messages)
+    try:
+        time.sleep(settle)  # anything it would send again is on its way by now
+        (watched / "marker").write_bytes(b"m")
+        reader.read_until(has_files({"marker": b"m"}), timeout=20, extra=1.0)
+        assert watcher.stop() == 0
+    finally:
+        watcher.kill()
+        reader.close()
+    return [chunk.relative_path for _, _, chunk in reader.messages[sent_before:]]
 
 
 def test_watch_uploads_new_and_changed_files_once_and_stops_on_sigterm(broker: EmbeddedBroker, topic: str,
@@ -289,23 +311,11 @@ def test_watch_uploads_new_and_changed_files_once_and_stops_on_sigterm(broker: E
         assert reassemble(reader.messages)["sub/new file.bin"] == changed
         assert watcher.stop() == 0
     finally:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
+        watcher.kill()
     assert "Traceback" not in log.read_text()
-    sent_before_restart = len(reader.messages)
     assert not any(chunk.filename.startswith(".") for _, _, chunk in reader.messages)
 
     # A restart sends nothing again, not even a file whose mtime alone changed.
     os.utime(watched / "existing.txt", ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
     watcher = Watcher(watched, config, topic, state, log)
-    try:
-        time.sleep(0.8)  # longer than --stable-secs: anything to re-send would be on its way
-        (watched / "marker").write_bytes(b"m")
-        reader.read_until(has_files({"marker": b"m"}), timeout=20, extra=1.0)
-        assert watcher.stop() == 0
-    finally:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
-        reader.close()
-    after = [chunk.relative_path for _, _, chunk in reader.messages[sent_before_restart:]]
-    assert after == ["marker"]
+    assert sent_after_restart(watcher, watched, reader, settle=0.8) == ["marker"]  # 0.8 s > --stable-secs

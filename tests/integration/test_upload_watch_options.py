@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from omsd.dev.broker import EmbeddedBroker
 from tests.conftest import client_props, write_config
-from tests.integration.test_upload import TopicReader, Watcher, has_files, reassemble
+from tests.integration.test_upload import TopicReader, Watcher, has_files, reassemble, sent_after_restart
 
 
 def read_raw(bootstrap: str, topic: str, until, timeout: float = 15.0) -> list[tuple[str, dict]]:
@@ -63,8 +63,7 @@ def test_openmsistream_defaults_options_and_heartbeats(broker: EmbeddedBroker, t
         reader.read_until(has_files({"existing.dat": b"changed after the start\n"}), timeout=20, extra=1.0)
         assert watcher.stop() == 0
     finally:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
+        watcher.kill()
     reader.read_until(lambda m: False, timeout=1.0)
     reader.close()
     sent = [chunk.relative_path for _, _, chunk in reader.messages]
@@ -109,8 +108,7 @@ def test_any_file_name_never_stops_the_uploader_or_its_state(broker: EmbeddedBro
         reader.read_until(has_files({"after.dat": b"still running"}), timeout=20, extra=1.0)
         assert watcher.stop() == 0
     finally:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
+        watcher.kill()
     text = log.read_text()
     assert "Traceback" not in text
     assert reassemble(reader.messages) == {**sendable, "after.dat": b"still running"}
@@ -125,15 +123,6 @@ def test_any_file_name_never_stops_the_uploader_or_its_state(broker: EmbeddedBro
     assert sum("skipped" in line and "not valid UTF-8" in line for line in lines) == 2
 
     # The state file holds every sent name: a restart sends nothing again.
-    sent_before = len(reader.messages)
     watcher = Watcher(watched, config, topic, state, log, *args)
-    try:
-        time.sleep(1.5)  # a polling round and more than the stable time: anything to re-send is on its way
-        (watched / "marker").write_bytes(b"m")
-        reader.read_until(has_files({"marker": b"m"}), timeout=20, extra=1.0)
-        assert watcher.stop() == 0
-    finally:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
-        reader.close()
-    assert [chunk.relative_path for _, _, chunk in reader.messages[sent_before:]] == ["marker"]
+    # 1.5 s: a polling round and more than the stable time
+    assert sent_after_restart(watcher, watched, reader, settle=1.5) == ["marker"]
