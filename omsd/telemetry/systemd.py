@@ -45,10 +45,7 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> None:
         """Tell systemd start-up is complete (``READY=1``), with an optional status line."""
-        fields: dict[str, object] = {"READY": 1}
-        if status is not None:
-            fields["STATUS"] = status
-        self.send(**fields)
+        self._announce("READY", status)
 
     def status(self, text: str) -> None:
         """Set the free-form status shown by ``systemctl status``."""
@@ -60,7 +57,11 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> None:
         """Tell systemd a graceful stop has begun (``STOPPING=1``)."""
-        fields: dict[str, object] = {"STOPPING": 1}
+        self._announce("STOPPING", status)
+
+    def _announce(self, state: str, status: str | None) -> None:
+        """Send ``state=1``, with ``STATUS=status`` in the same datagram when given."""
+        fields: dict[str, object] = {state: 1}
         if status is not None:
             fields["STATUS"] = status
         self.send(**fields)
