@@ -38,7 +38,7 @@ def assess_health(*, pool: WorkerPool, intakes: Sequence[Intake], staging: Stagi
     """
     reasons = []
     if disk is not None:
-        reasons.append(f"no space left in {disk['directory']} ({_free(disk['free_bytes'])} free): "
+        reasons.append(f"no space left in {disk['directory']} ({human_bytes(disk['free_bytes'])} free): "
                        f"{disk['waiting_writes']} registry writes wait, intake paused for {disk['since_s']:.0f}s")
     now = time.monotonic()
     for slot in pool.slots:
@@ -92,12 +92,6 @@ def status_report(*, state: DaemonState, uptime_s: float, config: Config, intake
         "failed_count": len(failed or []),
         "history": history,
     }
-
-
-def _free(n: int | None) -> str:
-    if n is None:
-        return "? bytes"
-    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def status_line(*, intakes: Sequence[Intake], staging: Staging, pool: WorkerPool, stats: Stats) -> str:
