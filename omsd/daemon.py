@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import os
 import sys
@@ -17,6 +16,7 @@ from omsd.config import Config, ConfigError, PipelineConfig, load_config
 from omsd.crypto.settings import decrypt_overrides
 from omsd.logging import configure_logging, use_log_level
 from omsd.malloc import tune_malloc
+from omsd.statewrites import is_no_space
 from omsd.telemetry.progress import DEFAULT_EVERY_S, ProgressLog
 from omsd.telemetry.options import resolve as resolve_telemetry
 from workers.pipeline import validate_pipeline
@@ -42,7 +42,7 @@ def lock_state_dir(state_dir: Path) -> int:
     try:
         os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as exc:  # the pid only informs a second daemon's message; a full disk is handled later
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_no_space(exc):
             raise
     return fd
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from omsd.statewrites import free_bytes
+from omsd.statewrites import free_bytes, is_no_space
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +137,7 @@ class Staging:
             while written < len(data):
                 written += os.pwrite(staged.fd, memoryview(data)[written:], offset + written)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_no_space(exc):
                 self.full_reason = f"no space left in {directory}"
                 raise StagingFull(exc.errno, f"no space left for staging in {Path(staged.path).parent}") from exc
             raise
