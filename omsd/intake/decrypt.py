@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class Decryptor:
         self.watermarks = watermarks
         self.stats = DecryptStats()
         self._live: dict[tuple[TopicPartitionKey, int], _Pending] = {}
+        self._live_per_tp: Counter[TopicPartitionKey] = Counter()  # how many of _live each partition has
         self._replays: dict[Path, _Pending] = {}
         self._replay_queue: list[tuple[Path, float]] = []  # kept files still to be read again, with their wait
         self._replay_bytes = 0
@@ -127,8 +129,7 @@ class Decryptor:
                            deadline=deadline)
         self.watermarks.hold(tp, pending.holder, offset)
         self.watermarks.consumed(tp, offset)
-        self._live[(tp, offset)] = pending
-        self._live_bytes += len(msg.value() or b"")
+        self._add_live(tp, offset, pending)
         self.stats.waiting_since.setdefault(tp, now)
 
     def _keep_now(self, msg: Message, reason: str) -> None:
@@ -208,6 +209,7 @@ class Decryptor:
                 return
             if not pending.plain:
                 self._give_up(pending, f"more than {WAITING_BYTES >> 20} MiB waited for keys")
+
     def _give_up(self, pending: _Pending, reason: str = "no decryption key arrived in time") -> None:
         """Past its deadline: keep it on disk (a kept one stays where it is), then release its offset."""
         if pending.kept is None and not self._keep(pending.msg, pending.key_index, reason):
@@ -226,11 +228,19 @@ class Decryptor:
         tp = (pending.msg.topic(), pending.msg.partition())
         if self._live.pop((tp, pending.msg.offset()), None) is not None:
             self._live_bytes -= len(pending.msg.value() or b"")
+            self._live_per_tp[tp] -= 1
         if pending.holder is not None:
             self.watermarks.release(pending.holder, done=False)  # staging takes the offset over
             pending.holder = None
-        if not any(p.msg.topic() == tp[0] and p.msg.partition() == tp[1] for p in self._live.values()):
+        if self._live_per_tp[tp] <= 0:  # counted, not searched: a key that opens a backlog drops thousands at once
+            del self._live_per_tp[tp]
             self.stats.waiting_since.pop(tp, None)
+
+    def _add_live(self, tp: TopicPartitionKey, offset: int, pending: _Pending) -> None:
+        if (tp, offset) not in self._live:
+            self._live_per_tp[tp] += 1
+        self._live[(tp, offset)] = pending
+        self._live_bytes += len(pending.msg.value() or b"")
 
     def requeue(self, opened: Opened) -> None:
         """A decrypted message could not be staged yet (staging full): wait again, already open."""
@@ -241,8 +251,7 @@ class Decryptor:
         pending = _Pending(msg=msg, key_index=None, deadline=float("inf"), next_try=time.monotonic() + RETRY_EVERY_S,
                            holder=-next(_holders), plain=True)
         self.watermarks.hold(tp, pending.holder, msg.offset())
-        self._live[(tp, msg.offset())] = pending
-        self._live_bytes += len(msg.value() or b"")
+        self._add_live(tp, msg.offset(), pending)
 
     def drop_partitions(self, tps: set[TopicPartitionKey]) -> None:
         """Revoked partitions: forget their waiting messages (the next owner reads them again)."""

@@ -79,3 +79,25 @@ def test_messages_waiting_in_memory_are_bounded(tmp_path: Path, monkeypatch) -> 
     decryptor.ready()
     assert store.count() == 5 and decryptor.waiting() == 1  # 1800 bytes > 1000: the oldest kept down to 500
     assert watermarks.safe(("t", 0)) == 5  # the kept ones no longer hold the commit back
+
+
+def test_a_partition_waits_until_its_last_held_message_leaves(tmp_path: Path, monkeypatch) -> None:
+    from confluent_kafka import Message
+
+    from omsd.crypto.settings import CryptoSettings
+    from omsd.intake import decrypt
+    from omsd.intake.watermark import Watermarks
+
+    monkeypatch.setattr(decrypt, "WAITING_BYTES", 1000)
+    decryptor = decrypt.Decryptor(_ClosedNode(), CryptoSettings(config_file=tmp_path / "n.config"),
+                                  UndecryptableStore(tmp_path, "g"), Watermarks())
+    decryptor.admit([Message(topic="t", partition=p, offset=i, key=b"k", value=b"\x01" + b"v" * 299)
+                     for p, i in ((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1))])
+    assert set(decryptor.stats.waiting_since) == {("t", 0), ("t", 1)}
+    decryptor.ready()  # 1800 bytes > 1000: the five oldest are kept, down to 300 bytes
+    assert decryptor.waiting() == 1 and decryptor.store.count() == 5
+    # partition 0 has nothing held any more; partition 1 still has its offset 1
+    assert set(decryptor.stats.waiting_since) == {("t", 1)}
+    decryptor.drop_partitions({("t", 1)})
+    assert decryptor.waiting() == 0 and decryptor.stats.waiting_since == {}
+    assert decryptor.describe()["oldest_wait_s"] == 0.0
