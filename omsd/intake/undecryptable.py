@@ -119,9 +119,6 @@ class UndecryptableStore:
         self._count = len(found)
         return found
 
-    def all(self) -> list[KeptMessage]:
-        return [m for m in map(self.load, self.paths()) if m is not None]
-
     def entries(self) -> list[KeptEntry]:
         """Every kept message, from the file names (for listings and probes: no file is read)."""
         out = []
