@@ -21,7 +21,7 @@ import psutil
 from omsd import exitcodes
 from omsd.control.client import ControlClient, ControlTimeout, DaemonNotRunning
 from omsd.control.protocol import ControlError
-from omsd.telemetry.units import human_bytes, human_rate
+from omsd.telemetry.units import human_bytes, human_duration, human_rate
 
 DEFAULT_SOCKET = Path("var/omsd.sock")
 #: Seconds ``stop`` waits beyond the requested graceful-stop timeout.
@@ -97,23 +97,6 @@ def _socket_path(args: argparse.Namespace) -> Path:
 # -- output helpers -----------------------------------------------------------
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
-
-
-def human_duration(seconds: Any) -> str:
-    """``3723`` → ``"1h 02m 03s"``."""
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h {minutes:02d}m"
-    if hours:
-        return f"{hours}h {minutes:02d}m {s:02d}s"
-    if minutes:
-        return f"{minutes}m {s:02d}s"
-    return f"{seconds:.1f}s" if isinstance(seconds, float) and seconds < 10 else f"{s}s"
 
 
 def _cell(value: Any) -> str:
