@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+MB = 1_000_000  # the megabyte people are shown and asked for (command-line sizes)
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 

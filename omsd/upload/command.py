@@ -24,6 +24,7 @@ from omsd.kafka import check_client_configs, producer_config
 from omsd.logging import configure_logging
 from omsd.malloc import tune_malloc
 from omsd.telemetry.options import add_telemetry_arguments
+from omsd.telemetry.units import MB
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE
 from omsd.upload.console import connect, print_error
 from omsd.upload.keys import DEFAULT_KEY_LINGER_S, linger_for_keys, open_node_or_report
@@ -94,8 +95,8 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readers", "--n_threads", dest="readers", type=int, default=min(4, os.cpu_count() or 1),
                         metavar="N", help="threads reading and hashing files (default: min(4, CPUs))")
     parser.add_argument("--queue-max-size", "--queue_max_size", dest="queue_mb", type=int,
-                        default=CHUNK_QUEUE_BYTES >> 20, metavar="MB",
-                        help=f"MB of encoded chunks waiting to be produced (default {CHUNK_QUEUE_BYTES >> 20})")
+                        default=CHUNK_QUEUE_BYTES // MB, metavar="MB",
+                        help=f"MB of encoded chunks waiting to be produced (default {CHUNK_QUEUE_BYTES // MB}; 1 MB = 10^6 bytes)")
     parser.add_argument("--key-linger-secs", dest="key_linger_secs", type=float, default=DEFAULT_KEY_LINGER_S,
                         metavar="S", help="encrypted topics (kafkacrypto section): after the last chunk, keep "
                                           "answering key requests for S seconds so downloaders can decrypt "
@@ -183,7 +184,7 @@ def _upload_files(producer: Producer, partitions: int | None, entries: list[File
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers, on_done=done, queue_bytes=args.queue_mb << 20,
+                        readers=args.readers, on_done=done, queue_bytes=args.queue_mb * MB,
                         encrypt=encrypt)
     try:
         for entry in entries:

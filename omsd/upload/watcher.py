@@ -45,6 +45,7 @@ from watchdog.observers.polling import PollingObserver
 from omsd import exitcodes
 from omsd.config import Config
 from omsd.telemetry.options import resolve
+from omsd.telemetry.units import MB
 from omsd.upload.console import connect, print_error
 from omsd.crypto.node import CryptoNode
 from omsd.upload.keys import open_node_or_report
@@ -332,7 +333,7 @@ def _watch(args: argparse.Namespace, config: Config, root: Path, state_path: Pat
 
     previous = {sig: signal.signal(sig, record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     uploader = Uploader(producer, args.topic, chunk_size=args.chunk_size, partitions=partitions,
-                        readers=args.readers, queue_bytes=args.queue_mb << 20,
+                        readers=args.readers, queue_bytes=args.queue_mb * MB,
                         encrypt=node.encrypt if node is not None else None)
     telemetry = UploadTelemetry(producer, uploader.acked, *resolve(config, args),
                                 encrypt=node.encrypt if node is not None else None)
