@@ -8,6 +8,7 @@ name components; anything that could leave an output directory is refused.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 MAX_PATH_BYTES = 4096
@@ -53,6 +54,46 @@ def safe_relative_path(subdir_str: str, filename: str) -> PurePosixPath:
     return rel
 
 
+_RESOLVED_ROOTS: dict[str, Path] = {}
+_RESOLVED_ROOTS_MAX = 64
+
+
+def _resolved_root(root: os.PathLike[str] | str) -> Path:
+    """``root`` with its symlinks resolved, remembered for an absolute root that is an existing directory.
+
+    A root is resolved once per process: an output directory replaced by a symlink later keeps
+    receiving files at the real directory it named at first (never somewhere new).
+    """
+    key = os.fspath(root)
+    cached = _RESOLVED_ROOTS.get(key)
+    if cached is not None:
+        return cached
+    resolved = Path(key).resolve()
+    if os.path.isabs(key) and os.path.isdir(resolved) and len(_RESOLVED_ROOTS) < _RESOLVED_ROOTS_MAX:
+        _RESOLVED_ROOTS[key] = resolved
+    return resolved
+
+
+def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
+    """``root_resolved/parts`` if no existing component under the root is a symlink, else None.
+
+    ``root_resolved`` has no symlinks and the parts are plain names, so the join is then exactly
+    what ``realpath`` would give, for one ``lstat`` per existing component under the root.
+    """
+    current = os.fspath(root_resolved)
+    for part in parts:
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            break  # nothing below a missing component exists: no symlink left to follow
+        except OSError:
+            return None  # let realpath decide what this means
+        if stat.S_ISLNK(mode):
+            return None
+    return root_resolved.joinpath(*parts)
+
+
 def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -> Path:
     """Join ``relative`` under ``root`` and prove the result stays inside ``root``.
 
@@ -65,7 +106,10 @@ def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -
     for part in rel.parts:
         _check_component(part, "path")
     try:
-        root_resolved = Path(root).resolve()
+        root_resolved = _resolved_root(root)
+        target = _plain_join(root_resolved, rel.parts) if rel.parts else None
+        if target is not None:
+            return target
         target = (root_resolved / Path(*rel.parts)).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unencodable name
         raise UnsafePathError(f"path {str(rel)!r} cannot be resolved under {str(root)!r}: {exc}") from exc

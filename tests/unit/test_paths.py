@@ -124,3 +124,12 @@ def test_resolve_under_refuses_an_unencodable_name(root: Path) -> None:
 def test_resolve_under_creates_nothing(root: Path) -> None:
     resolve_under(root, "new/dir/f.dat")
     assert os.listdir(root) == []
+
+
+def test_resolve_under_sees_a_symlink_made_after_an_earlier_call(root: Path) -> None:
+    (root / "sub").mkdir()
+    assert resolve_under(root, "sub/f.dat") == root.resolve() / "sub" / "f.dat"
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(root.parent / "outside", target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        resolve_under(root, "sub/f.dat")

@@ -202,6 +202,7 @@ def test_copy_range_falls_back_when_kernel_refuses(tmp_path: Path, monkeypatch: 
     def refuse(*args, **kwargs):
         raise OSError(errno.EXDEV, "cross-device")
 
+    monkeypatch.setattr(save_module, "_REFUSED", {})
     monkeypatch.setattr(os, "copy_file_range", refuse)
     monkeypatch.setattr(os, "sendfile", refuse)
     content = os.urandom(5000)
@@ -214,6 +215,32 @@ def test_copy_range_falls_back_when_kernel_refuses(tmp_path: Path, monkeypatch: 
         os.close(src)
         os.close(dst)
     assert (tmp_path / "dst").read_bytes() == content
+
+
+def test_copy_range_remembers_a_refusal_per_pair_of_file_systems(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    tried: list[int] = []
+
+    def refuse(*args, **kwargs):
+        tried.append(1)
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(save_module, "_REFUSED", {})
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    for n in range(3):
+        content = os.urandom(3000 + n)
+        (tmp_path / f"src{n}").write_bytes(content)
+        src = os.open(tmp_path / f"src{n}", os.O_RDONLY)
+        dst = os.open(tmp_path / f"dst{n}", os.O_WRONLY | os.O_CREAT)
+        try:
+            copy_range(src, dst, len(content))
+        finally:
+            os.close(src)
+            os.close(dst)
+        assert (tmp_path / f"dst{n}").read_bytes() == content
+    assert len(tried) == 1  # the later files went to sendfile directly
 
 
 def _direct_io_works(directory: Path) -> bool:

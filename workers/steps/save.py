@@ -37,6 +37,10 @@ DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: whole logical blocks (4096 
 DIRECT_MIN = 1 << 20  # below this, direct I/O saves too little to be worth a synchronous disk write
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM}
+# Refusals that hold for every file of a (source, target) file-system pair (copy_file_range from tmpfs
+# to ext4 is EXDEV every time): remembered per pair, so a small file does not pay a failed call first.
+_PAIR_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+_REFUSED: dict[tuple[int, int], set[str]] = {}
 
 
 def target_path(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
@@ -66,10 +70,14 @@ def copy_range(src: int, dst: int, size: int, block: int = COPY_BLOCK, methods: 
     """Copy bytes ``[0, size)`` of fd ``src`` to the same offsets of fd ``dst``.
 
     Tries ``copy_file_range``, then ``sendfile``, then reads and writes,
-    moving on when the kernel refuses a method for this pair of files.
+    moving on when the kernel refuses a method for this pair of files; a method
+    the kernel refuses for the pair of file systems is skipped from then on.
     """
+    pair: tuple[int, int] | None = None
     if methods is None:
-        methods = [m for m in ("copy_file_range", "sendfile") if hasattr(os, m)] + ["readwrite"]
+        pair = (os.fstat(src).st_dev, os.fstat(dst).st_dev)
+        refused = _REFUSED.get(pair, ())
+        methods = [m for m in ("copy_file_range", "sendfile") if hasattr(os, m) and m not in refused] + ["readwrite"]
     methods = list(methods)
     offset = 0
     while offset < size:
@@ -80,6 +88,8 @@ def copy_range(src: int, dst: int, size: int, block: int = COPY_BLOCK, methods: 
         except OSError as exc:
             if method != "readwrite" and exc.errno in _FALLBACK_ERRNOS:
                 methods.pop(0)
+                if pair is not None and exc.errno in _PAIR_ERRNOS:
+                    _REFUSED.setdefault(pair, set()).add(method)
                 continue
             raise
         if done == 0:
