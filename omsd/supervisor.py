@@ -235,8 +235,7 @@ class Supervisor:
                 continue
             polled = True
             before = intake.messages_read
-            for assembly in intake.poll(timeout):
-                self.jobs.file_complete(intake, assembly)
+            self.jobs.files_complete(intake, intake.poll(timeout))  # registered in one transaction
             read = read or intake.messages_read != before
         if not polled:
             self.pool.wait(POLL_TIMEOUT_S)

@@ -35,7 +35,7 @@ from omsd.telemetry.metrics import Metrics
 from omsd.dispatch.pool import Task, WorkerPool
 from omsd.dispatch.watchdog import StepRun
 from omsd.wire.protocol import ProtocolError
-from omsd.registry import Registry, RegistryFull
+from omsd.registry import FileRecord, Registry, RegistryFull
 from omsd.statewrites import StateWrites
 from omsd.intake.staging import Staging
 from omsd.telemetry.totals import Stats
@@ -92,22 +92,38 @@ class FileJobs:
     # -- creating jobs -------------------------------------------------------------------------------
     def file_complete(self, intake: Intake, assembly: FileAssembly) -> None:
         """A file has all its chunks: register it and hand it to its worker slot (once there is space)."""
-        entry = (intake, assembly)
-        self.unregistered.append(entry)
+        self.files_complete(intake, [assembly])
 
-        def register() -> None:
-            if entry in self.unregistered:  # not released by a stop meanwhile
-                self._register(intake, assembly)
+    def files_complete(self, intake: Intake, assemblies: list[FileAssembly]) -> None:
+        """Files with all their chunks (one poll's worth): register them in one transaction, then hand
+        each to its worker slot, or finish it when nothing is left to do. A full disk makes the whole
+        group wait and run again from its start; nothing of it is released before its commit."""
+        entries = [(intake, assembly) for assembly in assemblies]
+        if not entries:
+            return
+        self.unregistered.extend(entries)
+
+        def register_all() -> None:
+            todo = [entry for entry in entries if entry in self.unregistered]  # not released by a stop meanwhile
+            with self.registry.transaction():
+                records = [self._record(intake, assembly) for intake, assembly in todo]
+            for entry, (record, finished) in zip(todo, records):
+                self._start(entry[0], entry[1], record, finished)
                 self.unregistered.remove(entry)
 
-        self.writes.run(f"register {assembly.relative_path}", register)
+        what = f"register {assemblies[0].relative_path}" if len(entries) == 1 else f"register {len(entries)} files"
+        self.writes.run(what, register_all)
 
-    def _register(self, intake: Intake, assembly: FileAssembly) -> None:
+    def _record(self, intake: Intake, assembly: FileAssembly) -> tuple[FileRecord, dict]:
+        """The file's registry record and its finished pipelines (registry work only)."""
+        record = self.registry.register(assembly.topic, assembly.relative_path, assembly.chunk.file_hash.hex(),
+                                        assembly.staged.size)
+        return record, {} if record.new else self.registry.finished_pipelines(record.id)
+
+    def _start(self, intake: Intake, assembly: FileAssembly, record: FileRecord, finished: dict) -> None:
+        """After the registration commit: submit what is left to do of the file, or finish it."""
         chunk = assembly.chunk
         pipelines = intake.pipelines_for(assembly.topic, assembly.relative_path)
-        record = self.registry.register(assembly.topic, assembly.relative_path, chunk.file_hash.hex(),
-                                        assembly.staged.size)
-        finished = {} if record.new else self.registry.finished_pipelines(record.id)
         todo = [p for p in pipelines if p.name not in finished]
         if not todo:
             intake.finish(assembly)

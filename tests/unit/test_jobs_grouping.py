@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from omsd.dispatch.jobs import FileJob, FileJobs
 from omsd.registry import Registry
@@ -77,3 +78,47 @@ def test_a_group_the_disk_refuses_changes_nothing_until_it_is_recorded(tmp_path)
     assert not jobs.writes.blocked
     assert len(intake.finished) == 3 and jobs.jobs == {}
     assert all(registry.get(i).status == "done" for i in ids)
+
+
+class FakeIntakeWithPipelines(FakeIntake):
+    def pipelines_for(self, topic: str, relative_path: str) -> list[FakePipeline]:
+        return [FakePipeline()]
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, task) -> None:
+        self.submitted.append(task.relative_path)
+
+
+def _assembly(i: int) -> SimpleNamespace:
+    chunk = SimpleNamespace(file_hash=bytes([i]) * 64, subdir_str="d", filename=f"f{i}", file_mtime=None,
+                            filename_append="")
+    return SimpleNamespace(topic="t", relative_path=f"d/f{i}", chunk=chunk, staged=SimpleNamespace(size=10, path="x"),
+                           chunk_table=lambda: [])
+
+
+def test_a_poll_batch_is_registered_in_one_commit_and_handed_out_only_after_it(tmp_path) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    pool = FakePool()
+    jobs = FileJobs(registry=registry, staging=None, pool=pool, metrics=Metrics(), stats=Stats(),  # type: ignore[arg-type]
+                    produce=lambda *a: None, failed_dir=tmp_path / "failed", pipelines=[], writes=StateWrites(tmp_path))
+    jobs.writes.retry_every_s = 0.0
+    intake = FakeIntakeWithPipelines()
+    commits: list[str] = []
+    registry.db.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    jobs.files_complete(intake, [_assembly(i) for i in range(4)])  # type: ignore[arg-type]
+    assert len(commits) == 1 and pool.submitted == [f"d/f{i}" for i in range(4)] and not jobs.unregistered
+
+    (pages,) = registry.db.execute("PRAGMA page_count").fetchone()
+    registry.db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's FULL, as on a full disk
+    batch = [_assembly(i) for i in range(10, 200)]  # enough rows to need new pages
+    jobs.files_complete(intake, batch)  # type: ignore[arg-type]
+    assert jobs.writes.blocked and len(pool.submitted) == 4 and len(jobs.unregistered) == len(batch)
+    assert registry.find("t", "d/f10", batch[0].chunk.file_hash.hex()) is None  # nothing of the group recorded
+    registry.db.execute("PRAGMA max_page_count=1073741823")  # space returns
+    jobs.writes.retry()
+    assert not jobs.writes.blocked and not jobs.unregistered
+    assert pool.submitted[4:] == [a.relative_path for a in batch]
