@@ -84,7 +84,8 @@ class FileJobs:
         self.pipelines = {p.name: p for p in pipelines}
         self.jobs: dict[int, FileJob] = {}
         self.writes = writes or StateWrites(failed_dir.parent)
-        self.unregistered: list[tuple[Intake, FileAssembly]] = []  # complete, waiting for space to be registered
+        # complete, waiting (for space) to be registered; keyed by the assembly's id (a dataclass's == is slow)
+        self.unregistered: dict[int, tuple[Intake, FileAssembly]] = {}
         self._task_ids = itertools.count(1)
         self._grouped: list[Callable[[], None]] = []  # registry writes for the next flush()
         self._effects: list[Callable[[], None]] | None = None  # while a group runs: what follows its commit
@@ -101,15 +102,15 @@ class FileJobs:
         entries = [(intake, assembly) for assembly in assemblies]
         if not entries:
             return
-        self.unregistered.extend(entries)
+        self.unregistered.update((id(assembly), (intake, assembly)) for assembly in assemblies)
 
         def register_all() -> None:
-            todo = [entry for entry in entries if entry in self.unregistered]  # not released by a stop meanwhile
+            todo = [entry for entry in entries if id(entry[1]) in self.unregistered]  # not released by a stop meanwhile
             with self.registry.transaction():
                 records = [self._record(intake, assembly) for intake, assembly in todo]
             for entry, (record, finished) in zip(todo, records):
                 self._start(entry[0], entry[1], record, finished)
-                self.unregistered.remove(entry)
+                del self.unregistered[id(entry[1])]
 
         what = f"register {assemblies[0].relative_path}" if len(entries) == 1 else f"register {len(entries)} files"
         self.writes.run(what, register_all)
@@ -441,6 +442,6 @@ class FileJobs:
             if job.assembly is not None:
                 self.staging.release(job.assembly.staged)
         self.jobs.clear()
-        for _intake, assembly in self.unregistered:
+        for _intake, assembly in self.unregistered.values():
             self.staging.release(assembly.staged)
         self.unregistered.clear()
