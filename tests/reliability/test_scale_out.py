@@ -228,8 +228,10 @@ def test_daemons_join_leave_and_die_in_one_group(broker, tmp_path, daemons, batc
 def test_rebalance_while_paused_keeps_consuming(broker, tmp_path, daemons) -> None:
     topic = f"paused-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "record.txt"
-    # Slow enough that the backlog outlasts the short throttle before the daemon pauses its partitions.
-    env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "1.0"}
+    # The backlog's files are slow enough that the workers cannot drain it within the throttle that comes
+    # before a pause (flow.THROTTLE_BEFORE_PAUSE_S), however few files each poll brings: going from the
+    # saturated three files to the drained one takes two of them, 12 s. Later files are quicker.
+    env = {"OMSD_TEST_RECORD": str(record), "OMSD_TEST_SLOW": "1.0", "OMSD_TEST_LONG": "6.0"}
 
     def daemon(label: str) -> Daemon:
         made = Daemon(tmp_path / label, broker.bootstrap, topic, label=label, steps=STEPS, workers=1,
@@ -238,7 +240,7 @@ def test_rebalance_while_paused_keeps_consuming(broker, tmp_path, daemons) -> No
         return made
 
     create_topic(broker.bootstrap, topic, partitions=4)
-    backlog = {f"backlog/f{i:02d}.dat": bytes([i]) * (10_000 + i) for i in range(16)}
+    backlog = {f"backlog/f{i:02d}.long": bytes([i]) * (10_000 + i) for i in range(8)}
     produce_files(broker.bootstrap, topic, backlog)
     a = daemon("a").start()
 
