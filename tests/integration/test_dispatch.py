@@ -36,13 +36,25 @@ def run_daemon(tmp_path: Path, bootstrap: str, topic: str, files: list[tuple[str
     cfg = write_config(tmp_path / "omsd.yaml", bootstrap,
                        pipeline("spans", topic, "call: {function: tests.integration.funcs:record_span}", retries=0),
                        workers=2, extra=extra)
-    produce_in_order(bootstrap, topic, files)
     log = tmp_path / "daemon.log"
     proc = start_daemon(["run", "--config", str(cfg)], log, {"OMSD_TEST_RECORD": str(record),
                                                             "OMSD_TEST_SLOW": str(slow_s)})
+    control = ControlClient(tmp_path / "state" / "omsd.sock")
+
+    def both_workers_running() -> bool:
+        try:
+            workers = control.request("status")["workers"]
+        except Exception:  # not listening yet
+            return False
+        return len(workers) == 2 and all(w["state"] == "RUNNING" for w in workers)
+
     try:
+        # Both workers take work before the first file arrives, so "a worker is idle" is what is tested,
+        # not which worker happened to finish booting first.
+        wait_for(both_workers_running, 60, "both workers running", proc, log)
+        produce_in_order(bootstrap, topic, files)
         wait_for(lambda: len(json_lines(record)) == len(files), 60, "every file recorded", proc, log)
-        workers = ControlClient(tmp_path / "state" / "omsd.sock").request("status")["workers"]
+        workers = control.request("status")["workers"]
     finally:
         assert stop_daemon(proc) == 0
     slot_of = {w["pid"]: w["slot"] for w in workers}
