@@ -159,6 +159,11 @@ def format_status(reply: dict[str, Any]) -> str:
     """The ``status`` reply as readable text; missing keys are skipped or shown as ``-``."""
     out = [f"omsd pid {_cell(reply.get('pid'))}, state {_cell(reply.get('state'))}, "
            f"up {human_duration(reply.get('uptime_s'))}", ""]
+    disk = reply.get("disk_full")
+    if isinstance(disk, dict):
+        out += [f"State directory full: {_cell(disk.get('directory'))} ({human_bytes(disk.get('free_bytes'))} "
+                f"free) for {human_duration(disk.get('since_s'))}; {_cell(disk.get('waiting_writes'))} writes "
+                "waiting, intake paused", ""]
     out += _section("Pipelines", reply.get("pipelines"), [
         ("name", "NAME", _cell), ("topic", "TOPIC", _cell), ("group", "GROUP", _cell)])
     partitions = _section("Partitions", reply.get("partitions"), [

@@ -51,7 +51,8 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
     """Run the supervisor until it stops; returns the process exit code."""
     from omsd.crypto.node import CryptoError
     from omsd.kafka import check_client_configs
-    from omsd.registry import RegistryDamaged, RegistryFull
+    from omsd.registry import RegistryDamaged
+    from omsd.spacewait import open_registry_when_space
     from omsd.supervisor import Supervisor, report_damaged_registry
 
     try:
@@ -67,14 +68,16 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
         return exitcodes.RET_LOCKED
     try:
         try:
-            supervisor = Supervisor(config, progress=ProgressLog(progress_every_s))
+            # First: a damaged registry stops the daemon before anything else exists; a full disk is waited out.
+            registry = open_registry_when_space(config)
+            if registry is None:  # stopped while waiting
+                log.info("omsd stopped", exit_code=exitcodes.RET_OK)
+                return exitcodes.RET_OK
+            supervisor = Supervisor(config, progress=ProgressLog(progress_every_s), registry=registry)
         except RegistryDamaged as exc:
             code = report_damaged_registry(exc)
             log.info("omsd stopped", exit_code=code)
             return code
-        except RegistryFull as exc:  # a first start on a full disk: nothing to wait for yet, try again later
-            log.error(f"{exc}; free space in {config.state_dir} and start again")
-            return exitcodes.RET_ERROR
         except CryptoError as exc:
             log.error("cannot open the KafkaCrypto node", error=str(exc))
             return exitcodes.RET_CONFIG

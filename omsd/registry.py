@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omsd.statewrites import free_bytes
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id          INTEGER PRIMARY KEY,
@@ -72,7 +74,9 @@ CREATE INDEX IF NOT EXISTS files_by_status ON files(status);
 TERMINAL = ("done", "failed")
 SQLITE_HEADER = b"SQLite format 3\x00"
 _DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-_FULL_CODES = {"SQLITE_FULL"}
+# Below this much free space an I/O error is taken for a full disk, not damage: growing the WAL index
+# (SQLITE_IOERR_SHMSIZE), the WAL itself or opening either (SQLITE_CANTOPEN) fails that way.
+SPACE_NEEDED_BYTES = 1 << 20
 _T = TypeVar("_T")
 
 
@@ -90,6 +94,17 @@ class RegistryDamaged(RuntimeError):
         return (f"try `omsd registry recover --config FILE`, or move {self.path} (and any "
                 f"{self.path.name}-wal, {self.path.name}-shm) aside to start with an empty registry: "
                 "files above the committed offsets will be processed again")
+
+
+def for_lack_of_space(exc: sqlite3.Error, directory: Path) -> bool:
+    """True when an SQLite error of the registry in ``directory`` means that its file system is full."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return True
+    if not name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
+        return False
+    free = free_bytes(directory)
+    return free is not None and free < SPACE_NEEDED_BYTES
 
 
 class RegistryFull(OSError):
@@ -119,10 +134,12 @@ def inspect_registry(path: Path) -> str | None:
     try:  # read-write: after a crash, reading a WAL database may need to rebuild its index (-shm)
         db = sqlite3.connect(str(path))
     except sqlite3.Error as exc:
+        _raise_if_full(path, exc)
         return f"SQLite cannot open it: {exc}"
     try:
         rows = db.execute("PRAGMA quick_check").fetchall()
     except sqlite3.Error as exc:
+        _raise_if_full(path, exc)
         return f"SQLite cannot read it: {exc}"
     finally:
         db.close()
@@ -131,6 +148,12 @@ def inspect_registry(path: Path) -> str | None:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         return "PRAGMA quick_check: " + "; ".join(problems[:3]) + more
     return None
+
+
+def _raise_if_full(path: Path, exc: sqlite3.Error) -> None:
+    """Raise :class:`RegistryFull` when ``exc`` comes from a full file system rather than a damaged file."""
+    if for_lack_of_space(exc, path.parent):
+        raise RegistryFull(path, f"SQLite cannot open it ({free_bytes(path.parent)} bytes free): {exc}") from exc
 
 
 def create_registry(path: Path) -> None:
@@ -207,6 +230,7 @@ class Registry:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
+            _raise_if_full(self.path, exc)
             raise RegistryDamaged(self.path, f"SQLite cannot use it: {exc}") from exc
         self._wal = f"{path}-wal"
         self._synced_changes = -1
@@ -215,7 +239,7 @@ class Registry:
     def _classify(self, exc: sqlite3.DatabaseError) -> Exception:
         """The named exception for an SQLite error (the error itself when it is neither kind)."""
         base = "_".join((getattr(exc, "sqlite_errorname", "") or "").split("_")[:2])  # SQLITE_IOERR_WRITE → SQLITE_IOERR
-        if base in _FULL_CODES:
+        if for_lack_of_space(exc, self.path.parent):
             return RegistryFull(self.path, str(exc))
         if base in _DAMAGE_CODES or "malformed" in str(exc) or "not a database" in str(exc):
             self.damaged = self.damaged or RegistryDamaged(self.path, f"a query failed: {exc}")

@@ -57,15 +57,17 @@ LAG_EVERY_S = 15.0
 class Supervisor:
     """The daemon. ``run()`` returns an exit code from :mod:`omsd.exitcodes`."""
 
-    def __init__(self, config: Config, *, log_json: bool | None = None, progress: ProgressLog | None = None) -> None:
+    def __init__(self, config: Config, *, log_json: bool | None = None, progress: ProgressLog | None = None,
+                 registry: Registry | None = None) -> None:
         """Build every part (nothing runs yet: :meth:`start` opens, binds, subscribes and spawns).
 
-        Raises :class:`RegistryDamaged` (see :func:`report_damaged_registry`) before building anything else.
+        ``registry``: the registry already opened (the daemon opens it first, waiting for space if need be);
+        without it, it is opened here, raising :class:`RegistryDamaged` (see :func:`report_damaged_registry`)
+        before anything else is built.
         """
         cfg = self.config = config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        # First: a damaged registry (RegistryDamaged) stops the daemon before anything else exists.
-        self.registry = Registry(cfg.state_dir / "registry.sqlite")
+        self.registry = registry or Registry(cfg.state_dir / "registry.sqlite")
         try:  # the KafkaCrypto node, with a kafkacrypto section: its key exchange runs in its own thread
             self.crypto = CryptoNode(cfg.kafkacrypto, cfg) if cfg.kafkacrypto is not None else None
         except CryptoError:  # a configuration problem (exit 78), raised before any Kafka client exists

@@ -76,15 +76,18 @@ def remount(path: Path, options: str) -> None:
 
 
 def fill(directory: Path) -> Path:
-    """Write one file in ``directory`` until its filesystem is full; returns the filler's path."""
+    """Grow one file in ``directory`` until its file system has not a byte left; returns the filler's path.
+
+    Called again, it takes whatever was freed since (a closed SQLite WAL, a removed spill file)."""
     filler = directory / ".filler"
-    block = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(block)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
+    with open(filler, "ab", buffering=0) as out:
+        for size in (1 << 16, 1 << 12, 1):
+            block = b"\0" * size
+            try:
+                while True:
+                    out.write(block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
     return filler
 
 

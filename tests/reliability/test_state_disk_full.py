@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 
 from omsd.control.client import ControlClient
@@ -119,7 +121,9 @@ def test_a_restart_on_a_full_state_directory_comes_up_and_waits(broker, topic, t
             fill(state)
             produce_files(broker.bootstrap, topic, later)
             wait_for(degraded, 60, "the full state directory", proc, tmp_path / "daemon1.log")
-        # A graceful stop while writes wait (exit 0: the daemon() block checks it); now start on the full disk.
+        # A graceful stop while writes wait (exit 0: the daemon() block checks it). Closing the registry
+        # frees its WAL; take that space too, so the restart meets a disk as full as the one it left.
+        fill(state)
         log = tmp_path / "daemon2.log"
         with daemon(cfg, log) as proc:
             wait_for(degraded, 60, "the restarted daemon to wait for space", proc, log)
@@ -132,3 +136,29 @@ def test_a_restart_on_a_full_state_directory_comes_up_and_waits(broker, topic, t
         rows = dict(db.execute("SELECT rel_path, status FROM files"))
         db.close()
         assert rows == {path: "done" for path in {**first, **later}}
+
+
+def test_a_first_start_on_a_full_state_directory_waits_and_stops_on_request(broker, topic, tmp_path) -> None:
+    """No registry yet and no room to create one: the daemon waits (degraded, answering the control
+    socket) instead of exiting 1 in a restart loop, and `omsctl stop` ends the wait with exit 0."""
+    state = tmp_path / "state"
+    with tmpfs(state, "1m"):
+        cfg = write_config(tmp_path / "omsd.yaml", broker.bootstrap,
+                           pipeline("mirror", topic, f"save: {{dir: {tmp_path / 'out'}}}"), workers=1)
+        fill(state)
+        log = tmp_path / "daemon.log"
+        with daemon(cfg, log) as proc:
+            code, report = check(cfg)
+            assert code == 1, report
+            assert any(f"no space left in {state}" in r and "registry cannot open" in r
+                       for r in report["reasons"]), report
+            status = ControlClient(state / "omsd.sock").request("status")
+            assert status["disk_full"]["directory"] == str(state) and status["state"] == "STARTING", status
+            shown = subprocess.run([sys.executable, "-m", "omsd.ctl", "--config", str(cfg), "status"],
+                                   capture_output=True, text=True, timeout=30)
+            assert f"State directory full: {state} (0 B free)" in shown.stdout, shown.stdout + shown.stderr
+            stopped = subprocess.run([sys.executable, "-m", "omsd.ctl", "--config", str(cfg), "stop"],
+                                     capture_output=True, text=True, timeout=30)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            assert proc.wait(10) == 0, log.read_text()[-3000:]
+        assert not (state / "registry.sqlite").exists()  # never half-made
