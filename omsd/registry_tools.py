@@ -19,9 +19,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omsd import exitcodes
-from omsd.registry import SCHEMA, SQLITE_HEADER, RegistryDamaged, create_registry, inspect_registry
+from omsd.registry import SCHEMA, SQLITE_HEADER, RegistryDamaged, RegistryFull, create_registry, inspect_registry
+
+if TYPE_CHECKING:
+    from omsd.config import Config
 
 REGISTRY_NAME = "registry.sqlite"
 TABLES = ("files", "pipeline_outcomes", "steps")
@@ -134,7 +138,6 @@ def recover(path: Path, sqlite_cli: str | None = None) -> tuple[Path, dict[str, 
 def registry_command(args: argparse.Namespace) -> int:
     """`omsd registry check|recover --config FILE`."""
     from omsd.config import ConfigError, load_config
-    from omsd.daemon import StateDirLocked, lock_state_dir
 
     try:
         config = load_config(args.config)
@@ -142,6 +145,16 @@ def registry_command(args: argparse.Namespace) -> int:
         print(f"omsd: configuration error: {exc}", file=sys.stderr)
         return exitcodes.RET_CONFIG
     path = registry_path(config.state_dir)
+    try:
+        return _registry_action(args, config, path)
+    except RegistryFull as exc:
+        print(f"omsd: {exc}; free space in {config.state_dir} first", file=sys.stderr)
+        return exitcodes.RET_ERROR
+
+
+def _registry_action(args: argparse.Namespace, config: Config, path: Path) -> int:
+    from omsd.daemon import StateDirLocked, lock_state_dir
+
     if args.action == "check":
         if not path.exists():
             print(f"{path}: no registry yet (the daemon creates an empty one)")
