@@ -29,7 +29,7 @@ from omsd.telemetry.heartbeat import HeartbeatSchedule, heartbeat_message
 from omsd.intake.consumer import Intake
 from omsd.intake.flow import PauseReason
 from omsd.dispatch.jobs import FileJobs
-from omsd.kafka import KAFKA_LOG, make_producer
+from omsd.kafka import KAFKA_LOG, admin_config, make_producer
 from omsd.telemetry.logtopic import LogTopicHandler, log_message
 from omsd.report import assess_health, status_line, status_report
 from omsd.telemetry.metrics import Metrics
@@ -69,7 +69,7 @@ class Supervisor:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry = registry or Registry(cfg.state_dir / "registry.sqlite")
         try:  # the KafkaCrypto node, with a kafkacrypto section: its key exchange runs in its own thread
-            self.crypto = CryptoNode(cfg.kafkacrypto, cfg) if cfg.kafkacrypto is not None else None
+            self.crypto = CryptoNode(cfg.kafkacrypto, admin_config(cfg)) if cfg.kafkacrypto is not None else None
         except CryptoError:  # a configuration problem (exit 78), raised before any Kafka client exists
             self.registry.close()
             raise

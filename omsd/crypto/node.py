@@ -15,9 +15,7 @@ from typing import Any
 
 import msgpack
 
-from omsd.config import Config
 from omsd.crypto.settings import CryptoSettings
-from omsd.kafka import admin_config
 
 # The first deserialize of a new key index would otherwise sleep up to 10 s inside kafkacrypto.
 _NO_WAIT_INTERVALS = 1
@@ -61,7 +59,9 @@ def _node_file(store: Any, name: str, default: str, folder: Path) -> str:
 class CryptoNode:
     """A node opened from :class:`CryptoSettings`; ``close()`` stops its management thread."""
 
-    def __init__(self, settings: CryptoSettings, config: Config) -> None:
+    def __init__(self, settings: CryptoSettings, client_config: dict[str, Any]) -> None:
+        """Open the node; ``client_config``: omsd's librdkafka properties (``omsd.kafka.admin_config``),
+        whose connection and security settings the key-exchange clients share."""
         try:
             from kafkacrypto import KafkaConsumer, KafkaCrypto, KafkaCryptoStore, KafkaProducer
             from kafkacrypto.cryptokey import CryptoKey
@@ -77,7 +77,7 @@ class CryptoNode:
             raise CryptoError(f"cannot open KafkaCrypto node config {settings.config_file}: {exc}") from exc
         logging.getLogger("kafkacrypto").setLevel(
             self._store.load_value("log_level", section="crypto", default=logging.WARNING))
-        shared = {k: v for k, v in admin_config(config).items() if k.startswith(_BROKER_PREFIXES)}
+        shared = {k: v for k, v in client_config.items() if k.startswith(_BROKER_PREFIXES)}
         consumer = {**self._store.get_kafka_config("consumer", extra="crypto"), **shared}
         producer = {**self._store.get_kafka_config("producer", extra="crypto"), **shared}
         if not (consumer.get("bootstrap.servers") or consumer.get("bootstrap_servers")):

@@ -14,6 +14,7 @@ import time
 
 from omsd.config import Config
 from omsd.crypto.node import CryptoError, CryptoNode
+from omsd.kafka import admin_config
 from omsd.upload.console import print_error
 
 DEFAULT_KEY_LINGER_S = 30.0
@@ -23,7 +24,7 @@ def open_node(config: Config) -> CryptoNode | None:
     """The node named by the config's kafkacrypto section; raises CryptoError (printed by the caller)."""
     if config.kafkacrypto is None:
         return None
-    return CryptoNode(config.kafkacrypto, config)
+    return CryptoNode(config.kafkacrypto, admin_config(config))
 
 
 def open_node_or_report(config: Config, topic: str) -> tuple[bool, CryptoNode | None]:

@@ -108,9 +108,10 @@ def read_encrypted_heartbeats(bootstrap: str, topic: str, reader_config: Path) -
     from omsd.config import Config
     from omsd.crypto.node import NOT_YET, CryptoNode
     from omsd.crypto.settings import resolve
+    from omsd.kafka import admin_config
 
     node = CryptoNode(resolve({"config_file": str(reader_config)}, reader_config.parent),
-                      Config(broker={"bootstrap.servers": bootstrap}))
+                      admin_config(Config(broker={"bootstrap.servers": bootstrap})))
     reader = TopicReader(bootstrap, topic)
     raw: list[tuple[bytes, bytes]] = []
     total: dict = {"n_messages_read": 0}

@@ -179,6 +179,13 @@ def test_watch_rates_from_two_replies() -> None:
     assert ctl.format_rates(None).startswith("Rates: -")
 
 
+def _ctrl_c_default() -> None:
+    """In the child: SIGINT as a terminal delivers it (a test run in the background inherits it ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it(daemon, sock):
     import os
     import pty
@@ -187,7 +194,7 @@ def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_ends_it(daemon, sock):
 
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "omsd.ctl", "--socket", str(sock), "status", "--watch", "0.2"],
-                            stdout=slave, stderr=subprocess.PIPE, text=False)
+                            stdout=slave, stderr=subprocess.PIPE, text=False, preexec_fn=_ctrl_c_default)
     os.close(slave)
     output = b""
     deadline = time.monotonic() + 30
@@ -205,7 +212,7 @@ def test_watch_without_a_terminal_prints_one_screen_after_another(daemon, sock):
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "omsd.ctl", "--socket", str(sock), "status", "--watch", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out, _err = proc.communicate(timeout=30)
