@@ -2,8 +2,8 @@
 
 Started with the ``spawn`` method by the supervisor's pool; never imports
 confluent_kafka. Talks to the supervisor over one duplex pipe, in the messages
-of :mod:`workers.messages`: it receives :class:`FileTask` messages (then
-:class:`Stop`), and answers :class:`Ready` once booted (:class:`BootFailed` if
+of :mod:`workers.messages`: it receives :class:`FileTask` messages, alone or
+several in one :class:`Tasks` (then :class:`Stop`), and answers :class:`Ready` once booted (:class:`BootFailed` if
 it cannot build its pipelines), a :class:`StepFinished` after each finished
 step and a :class:`FileResult` when a file is done.
 
@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -196,17 +197,21 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
     # Reports wait in the outbox while more files are in hand, so that the files saved for them are made
     # durable together (see workers.outbox); with nothing more in hand they are sent at once.
     outbox = Outbox(conn.send)
+    in_hand: deque[FileTask] = deque()  # tasks received together, worked through in order
     try:
         while True:
-            if outbox and not conn.poll(0):
-                outbox.flush()
-            try:
-                task = conn.recv()
-            except (EOFError, OSError):
-                return  # the supervisor is gone
-            if task.kind is MessageKind.STOP:
-                outbox.close()
-                return
+            if not in_hand:
+                if outbox and not conn.poll(0):
+                    outbox.flush()
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    return  # the supervisor is gone
+                if message.kind is MessageKind.STOP:
+                    outbox.close()
+                    return
+                in_hand.extend(message.tasks if message.kind is MessageKind.TASKS else (message,))
+            task = in_hand.popleft()
             try:
                 result = process(task, runners, outbox.put, outbox.saved)
             except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker

@@ -6,12 +6,14 @@ each worker's duplex pipe; the receiver dispatches on ``message.kind``, a
 class attribute (it is not pickled, and no sender can choose it)::
 
     supervisor → worker   FileTask            process one staged file
+                          Tasks               several FileTasks, in order (one pipe write for many small files)
                           Stop                exit after the current file
     worker → supervisor   Ready               booted, taking work
                           BootFailed          cannot build its pipelines (then exits with RET_WORKER_BOOT)
                           StepStarted         an attempt at a step begins, with its time limit (watchdog)
                           StepFinished        one step of one pipeline finished (recorded before the next)
                           FileResult          the file is finished (after its last StepFinished)
+                          Reports             several of the above, in the order they were made
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ class MessageKind(str, Enum):
     """What a message between supervisor and worker is."""
 
     TASK = "task"
+    TASKS = "tasks"
     STOP = "stop"
     READY = "ready"
     BOOT_FAILED = "boot_failed"
     STEP_STARTED = "step_started"
     STEP = "step"
     RESULT = "result"
+    REPORTS = "reports"
 
 
 class StepStatus(str, Enum):
@@ -152,7 +156,27 @@ class FileResult:
     kind: ClassVar[MessageKind] = MessageKind.RESULT
 
 
+@dataclass(frozen=True)
+class Tasks:
+    """Several files to process, in this order."""
+
+    tasks: tuple[FileTask, ...]
+    kind: ClassVar[MessageKind] = MessageKind.TASKS
+
+
+#: One report of a worker.
+Report = Ready | BootFailed | StepStarted | StepFinished | FileResult
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Several reports, in the order they were made."""
+
+    reports: tuple[Report, ...]
+    kind: ClassVar[MessageKind] = MessageKind.REPORTS
+
+
 #: Messages the supervisor sends.
-ToWorker = FileTask | Stop
+ToWorker = FileTask | Tasks | Stop
 #: Messages a worker sends.
-FromWorker = Ready | BootFailed | StepStarted | StepFinished | FileResult
+FromWorker = Report | Reports

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from workers.durability import make_durable
-from workers.messages import FileResult, FromWorker, MessageKind, ResultStatus
+from workers.messages import FileResult, MessageKind, Report, Reports, ResultStatus
 
 FLUSH_AFTER_S = 0.02  # a report waits at most about this long (plus the file in progress) for the next ones
 FLUSH_EVERY = 8  # results handed on together at most: the supervisor refills the worker while it works on
 
-_Group = tuple[list[FromWorker], list[Path]]
+_Group = tuple[list[Report], list[Path]]
 
 
 class Outbox:
@@ -40,7 +40,7 @@ class Outbox:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._messages: list[FromWorker] = []
+        self._messages: list[Report] = []
         self._unsynced: list[Path] = []
         self._since: float | None = None
         self._results = 0
@@ -53,7 +53,7 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._messages)
 
-    def put(self, message: FromWorker) -> None:
+    def put(self, message: Report) -> None:
         """Hold one report (a step outcome or a result)."""
         with self._lock:
             if self._since is None:
@@ -116,15 +116,14 @@ class Outbox:
                     make_durable(unsynced)
                 except OSError as exc:
                     messages = _failed(messages, f"saved files could not be made durable: {exc!r}")
-            try:
-                for message in messages:
-                    self._send(message)
+            try:  # one pipe write for the whole group
+                self._send(messages[0] if len(messages) == 1 else Reports(tuple(messages)))
             except (OSError, EOFError) as exc:  # the supervisor is gone; the worker notices at its next flush
                 self.error = exc
                 return
 
 
-def _failed(messages: list[FromWorker], error: str) -> list[FromWorker]:
+def _failed(messages: list[Report], error: str) -> list[Report]:
     """The held results turned into errors, without the step outcomes that would record saves."""
     return [FileResult(task_id=m.task_id, status=ResultStatus.ERROR, error=error)
             for m in messages if m.kind is MessageKind.RESULT]

@@ -34,7 +34,7 @@ from omsd.dispatch.watchdog import StepRun, watch
 from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.states import ProcessState, transition
 from workers.main import worker_main
-from workers.messages import FileTask, FromWorker, MessageKind, Stop
+from workers.messages import FileTask, FromWorker, MessageKind, Report, Stop, Tasks
 
 log = structlog.get_logger(__name__)
 
@@ -227,6 +227,7 @@ class WorkerPool:
         # behind a slow file could not be taken by another worker.
         ready = [s for s in self.slots if s.state is ProcessState.RUNNING and len(s.in_flight) < limit
                  and (not s.in_flight or now - s.head_since < AHEAD_S)]
+        outgoing: dict[int, list[FileTask]] = {}
         while ready:
             ready.sort(key=lambda s: (bool(s.in_flight), -s.head_since, len(s.in_flight)))
             slot = ready[0]
@@ -237,22 +238,23 @@ class WorkerPool:
             if not slot.in_flight:
                 slot.head_since = now
             slot.in_flight.append(task)
-            try:
-                slot.conn.send(task.message)
-            except OSError:
-                ready.pop(0)  # the worker died; reap() hands its tasks back
-                continue
+            outgoing.setdefault(slot.index, []).append(task.message)
             if len(slot.in_flight) >= limit:
                 ready.pop(0)
+        for index, messages in outgoing.items():  # one pipe write per worker
+            try:
+                self.slots[index].conn.send(messages[0] if len(messages) == 1 else Tasks(tuple(messages)))
+            except OSError:
+                pass  # the worker died; reap() hands its tasks back
 
-    def events(self, timeout: float = 0.0) -> list[tuple[Slot, FromWorker]]:
+    def events(self, timeout: float = 0.0) -> list[tuple[Slot, Report]]:
         """Messages from workers (see :mod:`workers.messages`) with the slot that sent each.
 
         Never blocks longer than ``timeout``.
         """
         conns = {slot.conn: slot for slot in self.slots if slot.conn is not None
                  and slot.state in (ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING)}
-        out: list[tuple[Slot, FromWorker]] = []
+        out: list[tuple[Slot, Report]] = []
         if not conns:
             return out
         for conn in multiprocessing.connection.wait(list(conns), timeout=timeout):
@@ -260,23 +262,28 @@ class WorkerPool:
             try:
                 while conn.poll():
                     message: FromWorker = conn.recv()
-                    if message.kind is MessageKind.STEP_STARTED:
-                        slot.step = self._step_run(slot, message)
-                        continue  # the watchdog's business only
-                    if message.kind in (MessageKind.STEP, MessageKind.RESULT) and slot.step is not None \
-                            and slot.step.task_id == message.task_id:
-                        slot.step = None
-                    if message.kind is MessageKind.READY:
-                        slot.move_to(ProcessState.RUNNING)
-                    elif message.kind is MessageKind.RESULT and slot.in_flight:
-                        self.waiting.done(slot.in_flight.popleft())  # results come in the order tasks were sent
-                        slot.head_since = time.monotonic()
-                        slot.files_done += 1
-                        self._observe(message.duration_s)
-                    out.append((slot, message))
+                    for report in message.reports if message.kind is MessageKind.REPORTS else (message,):
+                        self._take_report(slot, report, out)
             except (EOFError, OSError):
                 pass  # reap() notices the exit
         return out
+
+    def _take_report(self, slot: Slot, report: Report, out: list[tuple[Slot, Report]]) -> None:
+        """Note what one report changes in the slot; pass it on unless it is the watchdog's alone."""
+        if report.kind is MessageKind.STEP_STARTED:
+            slot.step = self._step_run(slot, report)
+            return
+        if report.kind in (MessageKind.STEP, MessageKind.RESULT) and slot.step is not None \
+                and slot.step.task_id == report.task_id:
+            slot.step = None
+        if report.kind is MessageKind.READY:
+            slot.move_to(ProcessState.RUNNING)
+        elif report.kind is MessageKind.RESULT and slot.in_flight:
+            self.waiting.done(slot.in_flight.popleft())  # results come in the order tasks were sent
+            slot.head_since = time.monotonic()
+            slot.files_done += 1
+            self._observe(report.duration_s)
+        out.append((slot, report))
 
     @staticmethod
     def _step_run(slot: Slot, message: Any) -> StepRun:

@@ -21,10 +21,16 @@ def result(task_id: int) -> FileResult:
     return FileResult(task_id=task_id, status=ResultStatus.OK, pipelines={"p": True}, duration_s=0.01)
 
 
-def _collect(events: list, lock: threading.Lock):
+def _unpack(message) -> list:
+    return list(message.reports) if message.kind is MessageKind.REPORTS else [message]
+
+
+def _collect(events: list, lock: threading.Lock, writes: list | None = None):
     def send(message) -> None:
         with lock:
-            events.append(("sent", message.task_id, message.kind.value))
+            if writes is not None:
+                writes.append(message.kind)
+            events.extend(("sent", m.task_id, m.kind.value) for m in _unpack(message))
     return send
 
 
@@ -38,7 +44,8 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
         return len(paths)
 
     monkeypatch.setattr(outbox_module, "make_durable", durable)
-    box = Outbox(_collect(events, lock))
+    writes: list = []
+    box = Outbox(_collect(events, lock, writes))
     for task_id in (1, 2):
         box.saved([tmp_path / f"f{task_id}"])
         box.put(step(task_id))
@@ -46,6 +53,7 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
     box.close()
     assert events[0] == ("durable", ["f1", "f2"])  # one barrier for the group, before anything is sent
     assert events[1:] == [("sent", 1, "step"), ("sent", 1, "result"), ("sent", 2, "step"), ("sent", 2, "result")]
+    assert writes == [MessageKind.REPORTS]  # the whole group in one message: one pipe write
 
 
 def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_reports(monkeypatch, tmp_path) -> None:
