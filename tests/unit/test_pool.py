@@ -1,11 +1,14 @@
-"""The worker pool's slots move only along the state table (strict in tests: a forbidden move raises)."""
+"""The worker pool: slots move only along the state table (strict in tests: a forbidden move raises), and
+files handed out together travel together."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
-from omsd.dispatch.pool import WorkerPool
+from omsd.dispatch.pool import Task, WorkerPool
 from omsd.states import ProcessState
+from workers.messages import FileMeta, FileTask, MessageKind
 
 
 def wait_running(pool: WorkerPool, timeout: float = 30.0) -> None:
@@ -34,3 +37,45 @@ def test_a_running_worker_that_dies_is_exited_then_backs_off_then_restarts() -> 
     finally:
         pool.stop(timeout=5)
     assert slot.state is ProcessState.STOPPED and not slot.process.is_alive()
+
+
+class _CountingConn:
+    """A worker's pipe end that counts the messages sent through it (everything else passes through)."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.sent = conn, []
+
+    def send(self, message) -> None:
+        self.sent.append(message.kind)
+        self.conn.send(message)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_files_handed_out_together_go_in_one_message_and_come_back_in_order(tmp_path) -> None:
+    out = tmp_path / "out"
+    pool = WorkerPool(1, [{"name": "p", "topic": "t", "steps": [("save", {"dir": str(out)})], "retries": 0}])
+    pool.start()
+    try:
+        wait_running(pool)
+        (slot,) = pool.slots
+        slot.conn = counting = _CountingConn(slot.conn)
+        pool.mean_task_s = 0.001  # files this quick are handed out several at a time
+        contents = {f"run/f{i}.dat": f"file {i}".encode() * 100 for i in range(5)}
+        for task_id, (rel, data) in enumerate(contents.items(), start=1):
+            staged = tmp_path / f"staged{task_id}"
+            staged.write_bytes(data)
+            meta = FileMeta(relative_path=rel, subdir_str="run", filename=rel.split("/")[1],
+                            file_hash=hashlib.sha512(data).digest(), file_mtime=None, topic="t")
+            pool.submit(Task(task_id=task_id, relative_path=rel, size=len(data), message=FileTask(
+                task_id=task_id, path=str(staged), size=len(data), file=meta, pipelines=("p",), done={})))
+        pool.dispatch()
+        assert counting.sent == [MessageKind.TASKS]  # five files, one pipe write
+        results, deadline = [], time.monotonic() + 30
+        while len(results) < 5 and time.monotonic() < deadline:
+            results += [m.task_id for _slot, m in pool.events(timeout=0.2) if m.kind is MessageKind.RESULT]
+        assert results == [1, 2, 3, 4, 5]
+        assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.dat")} == contents
+    finally:
+        pool.stop(timeout=5)
