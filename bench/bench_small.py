@@ -175,7 +175,10 @@ class LatencyProbe:
         raise RuntimeError(f"latency file {source.relative_path} not on disk after {self.timeout:.0f} s")
 
     def close(self) -> None:
-        self.producer.flush(10)
+        """Flush and destroy the producer before the broker stops (else it logs refused connections)."""
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -4,7 +4,8 @@ Steps write files without fsync and note them on the file
 (:meth:`workers.datafile.DataFile.note_unsynced`). A worker collects those
 paths while it works through the files it holds and, before it sends the
 reports for them, calls :func:`make_durable` once: each file is fsynced, then
-each directory holding one, once. The supervisor records a file's outcome,
+each directory holding one, once — or, for several files on one file system
+while no spill file is in use, one ``syncfs`` of it. The supervisor records a file's outcome,
 and later commits offsets past it, only after that report, so no offset is
 ever committed past a saved file that a power cut could still take away.
 
@@ -14,10 +15,18 @@ group of files at a time, so the disk waits overlap the next files' work.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+try:  # syncfs(2): Linux
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _LIBC.syncfs  # noqa: B018 - raises AttributeError where there is none
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 def _fsync_path(path: Path | str, flags: int) -> bool:
@@ -40,14 +49,37 @@ def _fsync_path(path: Path | str, flags: int) -> bool:
     return True
 
 
-def make_durable(paths: Iterable[Path | str]) -> int:
-    """fsync every file in ``paths``, then each of their directories once; returns how many files there were.
+SYNCFS_FROM = 4  # files of one group on one file system from which one syncfs may replace their fsyncs
 
-    Only these files are written back: a ``syncfs`` of the whole file system would also wait for
-    everything else dirty on it (spill files of large files being assembled, other programs' writes).
-    An I/O error propagates: the caller must not report the files as saved.
+
+def make_durable(paths: Iterable[Path | str], *, whole_fs: bool = False) -> int:
+    """Make every file in ``paths`` durable, with the directory entries naming them; returns how many.
+
+    Each file is fsynced, then each of their directories once: only these files are written back. With
+    ``whole_fs`` (the caller knows of no large temporary data, such as spill files, waiting to be
+    written there), :data:`SYNCFS_FROM` or more files on one file system are made durable by one
+    ``syncfs`` of it instead: one journal commit rather than one per file and directory, which a
+    small file's creation otherwise waits behind. An I/O error propagates: the caller must not report
+    the files as saved.
     """
     paths = [os.fspath(p) for p in paths]
+    by_device: dict[int, list[str]] = {}
+    for path in paths:
+        directory = os.path.dirname(path) or "."
+        try:
+            device = os.stat(directory).st_dev
+        except FileNotFoundError:
+            continue  # removed since it was written: nothing left to make durable
+        by_device.setdefault(device, []).append(path)
+    for group in by_device.values():
+        if whole_fs and len(group) >= SYNCFS_FROM and _syncfs(os.path.dirname(group[0]) or "."):
+            continue
+        _fsync_each(group)
+    return len(paths)
+
+
+def _fsync_each(paths: list[str]) -> None:
+    """fsync each file, then each of their directories once."""
     for path in paths:
         _fsync_path(path, os.O_RDONLY)
     for directory in dict.fromkeys(os.path.dirname(p) or "." for p in paths):
@@ -55,4 +87,17 @@ def make_durable(paths: Iterable[Path | str]) -> int:
             _fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:  # some file systems refuse to fsync a directory; the rename is then as safe as it gets
             pass
-    return len(paths)
+
+
+def _syncfs(directory: str) -> bool:
+    """One ``syncfs`` of the file system holding ``directory``; False where the call is not available."""
+    if _LIBC is None:
+        return False
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {directory}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return True

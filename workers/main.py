@@ -15,6 +15,7 @@ files saved for them were made durable (:mod:`workers.outbox`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -213,7 +214,8 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
                 in_hand.extend(message.tasks if message.kind is MessageKind.TASKS else (message,))
             task = in_hand.popleft()
             try:
-                result = process(task, runners, outbox.put, outbox.saved)
+                result = process(task, runners, outbox.put,
+                                 functools.partial(outbox.saved, whole_fs=task.sync_whole_fs))
             except Exception as exc:  # noqa: BLE001 - reported, never fatal to the worker
                 log.exception("file processing raised", path=task.file.relative_path)
                 result = FileResult(task_id=task.task_id, status=ResultStatus.ERROR, error=repr(exc))

@@ -76,6 +76,7 @@ class FileTask:
     pipelines: tuple[str, ...]
     done: dict[str, tuple[int, ...]]  # per pipeline, the indexes of steps that finished in an earlier run
     chunks: tuple[tuple[int, int, int, bytes], ...] = ()  # (chunk_i, offset, length, sha512), to name bad chunks
+    sync_whole_fs: bool = False  # no spill file was in use at hand-out: one syncfs may make a group durable
     kind: ClassVar[MessageKind] = MessageKind.TASK
 
 

@@ -32,7 +32,7 @@ from workers.messages import FileResult, MessageKind, Report, Reports, ResultSta
 FLUSH_AFTER_S = 0.02  # a report waits at most about this long (plus the file in progress) for the next ones
 FLUSH_EVERY = 8  # results handed on together at most: the supervisor refills the worker while it works on
 
-_Group = tuple[list[Report], list[Path]]
+_Group = tuple[list[Report], list[Path], bool]  # reports, files to make durable, whole file system allowed
 
 
 class Outbox:
@@ -42,6 +42,7 @@ class Outbox:
         self._send = send
         self._messages: list[Report] = []
         self._unsynced: list[Path] = []
+        self._whole_fs = True
         self._since: float | None = None
         self._results = 0
         self._lock = threading.Lock()
@@ -61,10 +62,14 @@ class Outbox:
             self._messages.append(message)
             self._results += message.kind is MessageKind.RESULT
 
-    def saved(self, paths: list[Path]) -> None:
-        """Files written for the next reports: made durable before any report after this call is sent."""
+    def saved(self, paths: list[Path], *, whole_fs: bool = False) -> None:
+        """Files written for the next reports: made durable before any report after this call is sent.
+
+        ``whole_fs``: one syncfs may do it (see :func:`workers.durability.make_durable`); the group's
+        barrier uses one only if every file of the group allows it."""
         with self._lock:
             self._unsynced.extend(paths)
+            self._whole_fs = self._whole_fs and whole_fs
 
     def due(self) -> bool:
         """True when the held reports should go now (even though more files are in hand)."""
@@ -84,8 +89,9 @@ class Outbox:
         with self._lock:
             if not self._messages or time.monotonic() - (self._since or 0.0) < min_age_s:
                 return None
-            group = (self._messages, self._unsynced)
+            group = (self._messages, self._unsynced, self._whole_fs)
             self._messages, self._unsynced, self._since, self._results = [], [], None, 0
+            self._whole_fs = True
             return group
 
     def close(self, timeout: float = 30.0) -> None:
@@ -113,7 +119,7 @@ class Outbox:
             unsynced = [p for group in groups for p in group[1]]
             if unsynced:
                 try:
-                    make_durable(unsynced)
+                    make_durable(unsynced, whole_fs=all(group[2] for group in groups))
                 except OSError as exc:
                     messages = _failed(messages, f"saved files could not be made durable: {exc!r}")
             try:  # one pipe write for the whole group

@@ -171,7 +171,8 @@ class FileJobs:
         message = FileTask(task_id=task_id, path=path, size=job.size, file=meta,
                            pipelines=tuple(p.name for p in job.pipelines),
                            done=self._done_steps(job) if done is None else done,
-                           chunks=tuple(job.assembly.chunk_table()) if job.assembly is not None else ())
+                           chunks=tuple(job.assembly.chunk_table()) if job.assembly is not None else (),
+                           sync_whole_fs=self.staging.spill_used == 0)
         self.pool.submit(Task(task_id=task_id, relative_path=job.relative_path, message=message, size=job.size))
 
     def _done_steps(self, job: FileJob) -> dict[str, tuple[int, ...]]:

@@ -38,7 +38,7 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
     events: list = []
     lock = threading.Lock()
 
-    def durable(paths):
+    def durable(paths, whole_fs=False):
         with lock:
             events.append(("durable", sorted(os.path.basename(p) for p in paths)))
         return len(paths)
@@ -59,7 +59,7 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
 def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_reports(monkeypatch, tmp_path) -> None:
     sent: list = []
 
-    def broken(_paths):
+    def broken(_paths, whole_fs=False):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(outbox_module, "make_durable", broken)
@@ -108,3 +108,35 @@ def test_make_durable_syncs_files_and_directories(monkeypatch, tmp_path) -> None
         (tmp_path / "d" / name).write_bytes(b"x")
     assert durability.make_durable([tmp_path / "d" / "a", tmp_path / "d" / "b", tmp_path / "d" / "gone"]) == 3
     assert synced == ["a", "b", "d"]  # each file, then the directory once; a file gone since is skipped
+
+
+def test_a_group_of_files_on_one_file_system_is_made_durable_by_one_syncfs_when_allowed(monkeypatch, tmp_path) -> None:
+    calls: list = []
+    real_syncfs = durability._syncfs
+    monkeypatch.setattr(durability, "_syncfs", lambda d: calls.append(("syncfs", d)) or real_syncfs(d))
+    monkeypatch.setattr(durability, "_fsync_each", lambda paths: calls.append(("fsync", len(paths))))
+    (tmp_path / "d").mkdir()
+    files = [tmp_path / "d" / f"f{i}" for i in range(durability.SYNCFS_FROM)]
+    for path in files:
+        path.write_bytes(b"x")
+    assert durability.make_durable(files, whole_fs=True) == len(files)
+    assert calls == [("syncfs", str(tmp_path / "d"))]  # one call for the group (and it really ran)
+    calls.clear()
+    durability.make_durable(files)  # not allowed: a spill file may be waiting there
+    durability.make_durable(files[:-1], whole_fs=True)  # too few to be worth it
+    assert calls == [("fsync", len(files)), ("fsync", len(files) - 1)]
+
+
+def test_one_file_that_forbids_syncfs_makes_its_group_fsync_each_file(monkeypatch, tmp_path) -> None:
+    seen: list = []
+    monkeypatch.setattr(outbox_module, "make_durable", lambda paths, whole_fs: seen.append((len(paths), whole_fs)))
+    box = Outbox(lambda _m: None)
+    box.saved([tmp_path / "a"], whole_fs=True)
+    box.saved([tmp_path / "b"], whole_fs=False)  # handed out while a spill file was in use
+    box.put(result(1))
+    box.close()
+    box = Outbox(lambda _m: None)
+    box.saved([tmp_path / "c", tmp_path / "d"], whole_fs=True)
+    box.put(result(2))
+    box.close()
+    assert seen == [(2, False), (2, True)]
