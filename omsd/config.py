@@ -24,24 +24,16 @@ from typing import Any
 
 import yaml
 
+from omsd.configtext import ConfigError, LineDict, LineLoader, expand_tree, parse_size
 from omsd.crypto.settings import CryptoSettings, read_section as read_crypto
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # OpenMSIStream INI values: $VAR or ${VAR}, expanded when the value starts with "$".
 _INI_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-               "t": 10**12, "tb": 10**12, "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20,
-               "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40}
 # librdkafka rejects the serializer names OpenMSIStream keeps in its INI files.
 _INI_IGNORED_KEYS = {"key.serializer", "value.serializer", "key.deserializer", "value.deserializer"}
 # Where a partition's owner tells the next one what it finished above the committed offset (omsd.handover).
 DEFAULT_HANDOVER_TOPIC = "omsd.handover"
 DISPATCH_POLICIES = ("balanced", "sharded")  # the values of omsd.dispatch.queue.DispatchPolicy
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the file and line where it was found."""
 
 
 #: Checks one pipeline's steps: ``(name, topic, steps) -> error messages`` (empty when valid).
@@ -116,75 +108,6 @@ class Config:
         return pipeline.group_id or self.consumer.get("group.id") or f"omsd.{pipeline.name}"
 
 
-def parse_size(value: Any, where: str) -> int:
-    """``512MiB``, ``2GB``, ``1048576`` → bytes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{where}: a size cannot be negative, got {value}")
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match:
-        raise ConfigError(f"{where}: cannot read size {value!r} (use e.g. 512MiB, 2GB or a byte count)")
-    unit = (match.group(2) or "").lower()
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def expand_env(text: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
-
-    def repl(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if default is not None and not value:  # as in the shell: unset or empty takes the default
-            return default
-        if value is not None:
-            return value
-        raise ConfigError(f"environment variable {name} is not set and has no default")
-
-    return _ENV_RE.sub(repl, text)
-
-
-class _LineDict(dict):
-    """A mapping that remembers the line of each key (1-based)."""
-
-    line: int = 0
-    key_lines: dict[Any, int]
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
-    result = _LineDict(loader.construct_mapping(node, deep=True))
-    result.line = node.start_mark.line + 1
-    result.key_lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
-    return result
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _expand_tree(node: Any, name: str, line: int = 0) -> Any:
-    """Expand ``${VAR}`` in every string of a parsed tree; errors name ``name:line``."""
-    if isinstance(node, str):
-        try:
-            return expand_env(node)
-        except ConfigError as exc:
-            raise ConfigError(f"{name}:{line}: {exc}" if line else f"{name}: {exc}") from None
-    if isinstance(node, _LineDict):
-        out = _LineDict({k: _expand_tree(v, name, node.key_lines.get(k, node.line)) for k, v in node.items()})
-        out.line, out.key_lines = node.line, node.key_lines
-        return out
-    if isinstance(node, dict):
-        return {k: _expand_tree(v, name, line) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_tree(v, name, line) for v in node]
-    return node
-
-
 class _Reader:
     """Reads typed values from a parsed mapping, naming file and line in errors."""
 
@@ -193,7 +116,7 @@ class _Reader:
 
     def where(self, node: Any, key: Any = None) -> str:
         line = 0
-        if isinstance(node, _LineDict):
+        if isinstance(node, LineDict):
             line = node.key_lines.get(key, node.line) if key is not None else node.line
         name = str(self.path) if self.path else "<config>"
         return f"{name}:{line}" if line else name
@@ -439,12 +362,12 @@ def load_config(path: str | os.PathLike[str], *, require_pipelines: bool = False
         cfg = config_from_ini(text, path)
     else:
         try:
-            data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+            data = yaml.load(text, Loader=LineLoader)  # noqa: S506 - SafeLoader subclass
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        cfg = _from_mapping(_expand_tree(data, str(path)), path, validate_steps)
+        cfg = _from_mapping(expand_tree(data, str(path)), path, validate_steps)
     if require_pipelines and not cfg.pipelines:
         raise ConfigError(f"{path}: no pipelines configured ('omsd run' needs at least one)")
     return cfg

@@ -15,10 +15,9 @@ from omsd.config import (
     ConfigError,
     PipelineConfig,
     StagingConfig,
-    expand_env,
     load_config,
-    parse_size,
 )
+from omsd.configtext import expand_env, parse_size
 from workers.pipeline import validate_pipeline
 
 OMS_SAMPLE = Path(openmsistream.__file__).parent / "kafka_wrapper" / "config_files" / "local_broker_test.config"
