@@ -37,6 +37,7 @@ HEARTBEAT_INTERVAL_MS = 500
 CHUNK_SIZE = 524288  # OpenMSIStream's default
 POLL_S = 0.02
 READERS = ("raw", "openmsistream", "omsd")
+TARGET_VS_OMS, TARGET_VS_RAW = 2.3, 0.85  # the large-file targets: omsd MB/s over each reader's
 
 
 @dataclass(frozen=True)
@@ -584,10 +585,12 @@ def report(timings: list[Timing], total: int) -> None:
     omsd, oms, raw = by.get("omsd"), by.get("OpenMSIStream"), by.get("raw")
     if omsd and oms:
         ratio = omsd.mb_per_s / oms.mb_per_s
-        print(f"omsd / OpenMSIStream = {ratio:.2f}x  (target >= 2x: {'met' if ratio >= 2 else 'MISSED'})")
+        print(f"omsd / OpenMSIStream = {ratio:.2f}x  (target >= {TARGET_VS_OMS}x: "
+              f"{'met' if ratio >= TARGET_VS_OMS else 'MISSED'})")
     if omsd and raw:
         ratio = omsd.mb_per_s / raw.mb_per_s
-        print(f"omsd / raw consumer  = {ratio:.2f}x  (target >= 0.7x: {'met' if ratio >= 0.7 else 'MISSED'})")
+        print(f"omsd / raw consumer  = {ratio:.2f}x  (target >= {TARGET_VS_RAW}x: "
+              f"{'met' if ratio >= TARGET_VS_RAW else 'MISSED'})")
 
 
 def main(argv: list[str] | None = None) -> int:
