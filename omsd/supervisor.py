@@ -38,7 +38,7 @@ from omsd.telemetry.statuspage import StatusBoard
 from omsd.dispatch.queue import DispatchPolicy
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
 from omsd.registry import Registry, RegistryDamaged
-from omsd.statewrites import StateWrites
+from omsd.statewrites import StateWrites, is_no_space
 from omsd.intake.staging import Staging
 from omsd.states import DaemonState, transition
 from omsd.telemetry.totals import Stats
@@ -176,8 +176,11 @@ class Supervisor:
             self.exit_code = exitcodes.RET_WORKER_BOOT
         except RegistryDamaged as exc:
             self.exit_code = report_damaged_registry(exc)
-        except Exception:  # noqa: BLE001 - logged with its traceback; the stop below still runs in order
-            log.exception("supervisor failed; stopping")
+        except Exception as exc:  # noqa: BLE001 - logged; the stop below still runs in order
+            if is_no_space(exc):  # outside the writes that wait for space (start-up: spill directory, socket)
+                log.error(f"no space left: {exc}; stopping — free space in {self.config.state_dir} and start again")
+            else:
+                log.exception("supervisor failed; stopping")
             self.exit_code = exitcodes.RET_ERROR
         finally:
             self.shutdown()
