@@ -69,11 +69,17 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
     try:
         try:
             # First: a damaged registry stops the daemon before anything else exists; a full disk is waited out.
-            registry = open_registry_when_space(config)
-            if registry is None:  # stopped while waiting
+            opened = open_registry_when_space(config)
+            if opened is None:  # stopped while waiting
                 log.info("omsd stopped", exit_code=exitcodes.RET_OK)
                 return exitcodes.RET_OK
-            supervisor = Supervisor(config, progress=ProgressLog(progress_every_s), registry=registry)
+            try:
+                supervisor = Supervisor(config, progress=ProgressLog(progress_every_s), registry=opened.registry,
+                                        control=opened.control)
+            except BaseException:
+                if opened.control is not None:
+                    opened.control.close()
+                raise
         except RegistryDamaged as exc:
             code = report_damaged_registry(exc)
             log.info("omsd stopped", exit_code=code)

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -76,14 +76,23 @@ class WaitingForSpace:
         return 0
 
 
-def open_registry_when_space(config: Config, retry_every_s: float = RETRY_EVERY_S) -> Registry | None:
+class StateOpened(NamedTuple):
+    """The registry, and the control server that answered while it could not open (None if it opened at once)."""
+
+    registry: Registry
+    control: ControlServer | None
+
+
+def open_registry_when_space(config: Config, retry_every_s: float = RETRY_EVERY_S) -> StateOpened | None:
     """The daemon's registry, opened once its file system has room; None when a stop came first.
 
-    Raises :class:`~omsd.registry.RegistryDamaged` as :class:`~omsd.registry.Registry` does.
+    The control server that answered meanwhile is handed on still listening, so ``omsctl`` never finds
+    the daemon gone between the wait and the supervisor (which gives it its own handlers). Raises
+    :class:`~omsd.registry.RegistryDamaged` as :class:`~omsd.registry.Registry` does.
     """
     path = config.state_dir / "registry.sqlite"
     try:
-        return Registry(path)
+        return StateOpened(Registry(path), None)
     except RegistryFull as exc:
         waiting = WaitingForSpace(config.state_dir, str(exc))
     log.error("no space left for the registry; waiting for space (omsctl check reports it)",
@@ -95,6 +104,7 @@ def open_registry_when_space(config: Config, retry_every_s: float = RETRY_EVERY_
     notifier.ready(status=waiting.reason())  # up and answering; systemd must not time the start out
     ping_every = (watchdog_interval() or 2.0) / 2
     server = ControlServer(config.control_socket, build_handlers(waiting))
+    handed_on = False
     try:
         server.start()
         next_try = next_ping = time.monotonic()
@@ -117,8 +127,10 @@ def open_registry_when_space(config: Config, retry_every_s: float = RETRY_EVERY_
                     continue
                 log.info("space is back; the registry is open", directory=str(config.state_dir),
                          waited_s=round(now - waiting.since, 1))
-                return registry
+                handed_on = True
+                return StateOpened(registry, server)
     finally:
-        server.close()
+        if not handed_on:
+            server.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

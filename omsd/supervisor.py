@@ -58,12 +58,13 @@ class Supervisor:
     """The daemon. ``run()`` returns an exit code from :mod:`omsd.exitcodes`."""
 
     def __init__(self, config: Config, *, log_json: bool | None = None, progress: ProgressLog | None = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, control: ControlServer | None = None) -> None:
         """Build every part (nothing runs yet: :meth:`start` opens, binds, subscribes and spawns).
 
         ``registry``: the registry already opened (the daemon opens it first, waiting for space if need be);
         without it, it is opened here, raising :class:`RegistryDamaged` (see :func:`report_damaged_registry`)
-        before anything else is built.
+        before anything else is built. ``control``: a control server already listening (the wait's), which
+        then answers with this supervisor's handlers.
         """
         cfg = self.config = config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,8 @@ class Supervisor:
         self.jobs = FileJobs(registry=self.registry, staging=self.staging, pool=self.pool, metrics=self.metrics,
                              stats=self.stats, produce=self._produce, failed_dir=cfg.state_dir / "failed",
                              pipelines=cfg.pipelines, writes=self.writes)
-        self.control = ControlServer(cfg.control_socket, build_handlers(self))
+        self.control = control or ControlServer(cfg.control_socket, {})
+        self.control.handlers = build_handlers(self)
         self.heartbeat = HeartbeatSchedule(cfg.heartbeat.interval_secs) if cfg.heartbeat else None
         self.log_handler = LogTopicHandler(cfg.log.level) if cfg.log else None
         self.log_schedule = HeartbeatSchedule(cfg.log.interval_secs) if cfg.log else None
@@ -127,7 +129,8 @@ class Supervisor:
         for intake in self.intakes:
             intake.subscribe()
         self.pool.start()
-        self.control.start()
+        if not self.control.listening:
+            self.control.start()
         if self.log_handler is not None:
             self.log_handler.install()
         self._move_to(DaemonState.RUNNING)

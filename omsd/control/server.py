@@ -150,6 +150,11 @@ class ControlServer:
         return self._listener.fileno()
 
     @property
+    def listening(self) -> bool:
+        """True between :meth:`start` and :meth:`close`."""
+        return self._listener is not None
+
+    @property
     def n_clients(self) -> int:
         """Connections currently open."""
         return len(self._clients)

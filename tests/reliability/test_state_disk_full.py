@@ -129,9 +129,12 @@ def test_a_restart_on_a_full_state_directory_comes_up_and_waits(broker, topic, t
             wait_for(degraded, 60, "the restarted daemon to wait for space", proc, log)
             time.sleep(2)
             assert proc.poll() is None, log.read_text()[-3000:]
+            socket_while_waiting = (state / "omsd.sock").stat().st_ino
             remount(state, "size=64m")
             wait_for(lambda: tree(out) == {**first, **later}, 60, "every file once space returned", proc, log)
             wait_for(lambda: check(cfg)[0] == 0, 20, "healthy again", proc, log)
+            # The socket that answered during the wait is the one the supervisor answers on: never a gap.
+            assert (state / "omsd.sock").stat().st_ino == socket_while_waiting
         db = sqlite3.connect(state / "registry.sqlite")
         rows = dict(db.execute("SELECT rel_path, status FROM files"))
         db.close()
