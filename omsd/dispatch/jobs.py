@@ -85,7 +85,7 @@ class FileJobs:
         self.jobs: dict[int, FileJob] = {}
         self.writes = writes or StateWrites(failed_dir.parent)
         # complete, waiting (for space) to be registered; keyed by the assembly's id (a dataclass's == is slow)
-        self.unregistered: dict[int, tuple[Intake, FileAssembly]] = {}
+        self.unregistered: dict[int, FileAssembly] = {}
         self._task_ids = itertools.count(1)
         self._grouped: list[Callable[[], None]] = []  # registry writes for the next flush()
         self._effects: list[Callable[[], None]] | None = None  # while a group runs: what follows its commit
@@ -99,23 +99,23 @@ class FileJobs:
         """Files with all their chunks (one poll's worth): register them in one transaction, then hand
         each to its worker slot, or finish it when nothing is left to do. A full disk makes the whole
         group wait and run again from its start; nothing of it is released before its commit."""
-        entries = [(intake, assembly) for assembly in assemblies]
-        if not entries:
+        if not assemblies:
             return
-        self.unregistered.update((id(assembly), (intake, assembly)) for assembly in assemblies)
+        self.unregistered.update((id(assembly), assembly) for assembly in assemblies)
 
         def register_all() -> None:
-            todo = [entry for entry in entries if id(entry[1]) in self.unregistered]  # not released by a stop meanwhile
+            todo = [a for a in assemblies if id(a) in self.unregistered]  # not released by a stop meanwhile
             with self.registry.transaction():
-                records = [self._record(intake, assembly) for intake, assembly in todo]
-            for entry, (record, finished) in zip(todo, records):
-                self._start(entry[0], entry[1], record, finished)
-                del self.unregistered[id(entry[1])]
+                records = [self._record(assembly) for assembly in todo]
+            for assembly, (record, finished) in zip(todo, records):
+                self._start(intake, assembly, record, finished)
+                del self.unregistered[id(assembly)]
 
-        what = f"register {assemblies[0].relative_path}" if len(entries) == 1 else f"register {len(entries)} files"
+        what = (f"register {assemblies[0].relative_path}" if len(assemblies) == 1
+                else f"register {len(assemblies)} files")
         self.writes.run(what, register_all)
 
-    def _record(self, intake: Intake, assembly: FileAssembly) -> tuple[FileRecord, dict]:
+    def _record(self, assembly: FileAssembly) -> tuple[FileRecord, dict]:
         """The file's registry record and its finished pipelines (registry work only)."""
         record = self.registry.register(assembly.topic, assembly.relative_path, assembly.chunk.file_hash.hex(),
                                         assembly.staged.size)
@@ -443,6 +443,6 @@ class FileJobs:
             if job.assembly is not None:
                 self.staging.release(job.assembly.staged)
         self.jobs.clear()
-        for _intake, assembly in self.unregistered.values():
+        for assembly in self.unregistered.values():
             self.staging.release(assembly.staged)
         self.unregistered.clear()
