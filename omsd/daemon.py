@@ -74,7 +74,7 @@ def serve(config: Config, *, progress_every_s: float = DEFAULT_EVERY_S) -> int:
                 log.info("omsd stopped", exit_code=exitcodes.RET_OK)
                 return exitcodes.RET_OK
             try:
-                supervisor = Supervisor(config, progress=ProgressLog(progress_every_s), registry=opened.registry,
+                supervisor = Supervisor(config, opened.registry, progress=ProgressLog(progress_every_s),
                                         control=opened.control)
             except BaseException:
                 if opened.control is not None:

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE INDEX IF NOT EXISTS files_by_status ON files(status);
 """
 
+REGISTRY_NAME = "registry.sqlite"
 TERMINAL = ("done", "failed")
 SQLITE_HEADER = b"SQLite format 3\x00"
 _DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -94,6 +95,11 @@ class RegistryDamaged(RuntimeError):
         return (f"try `omsd registry recover --config FILE`, or move {self.path} (and any "
                 f"{self.path.name}-wal, {self.path.name}-shm) aside to start with an empty registry: "
                 "files above the committed offsets will be processed again")
+
+
+def registry_path(state_dir: Path) -> Path:
+    """Where the daemon keeps its registry."""
+    return Path(state_dir) / REGISTRY_NAME
 
 
 def for_lack_of_space(exc: sqlite3.Error, directory: Path) -> bool:

@@ -22,20 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omsd import exitcodes
-from omsd.registry import SCHEMA, SQLITE_HEADER, RegistryDamaged, RegistryFull, create_registry, inspect_registry
+from omsd.registry import (
+    SCHEMA, SQLITE_HEADER, RegistryDamaged, RegistryFull, create_registry, inspect_registry, registry_path,
+)
 
 if TYPE_CHECKING:
     from omsd.config import Config
 
-REGISTRY_NAME = "registry.sqlite"
 TABLES = ("files", "pipeline_outcomes", "steps")
 CLI_TIMEOUT_S = 600
 MAX_SKIPS = 64  # damaged stretches jumped over per table by the row-by-row copy
-
-
-def registry_path(state_dir: Path) -> Path:
-    """Where the daemon keeps its registry."""
-    return Path(state_dir) / REGISTRY_NAME
 
 
 def count_rows(path: Path) -> dict[str, int | None]:

@@ -25,9 +25,9 @@ import structlog
 from omsd.config import Config
 from omsd.control.handlers import build_handlers
 from omsd.control.server import ControlServer
-from omsd.registry import Registry, RegistryFull
+from omsd.registry import Registry, RegistryFull, registry_path
 from omsd.states import DaemonState
-from omsd.statewrites import RETRY_EVERY_S, free_bytes
+from omsd.statewrites import RETRY_EVERY_S, disk_full_report, free_bytes
 from omsd.telemetry.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -54,10 +54,8 @@ class WaitingForSpace:
         return False, [self.reason()]
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state.value, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.since, 1),
-                "disk_full": {"directory": str(self.state_dir), "free_bytes": free_bytes(self.state_dir),
-                              "waiting_writes": 0, "since_s": round(time.monotonic() - self.since, 1),
-                              "error": self.error},
+        disk = disk_full_report(self.state_dir, 0, self.since, self.error)
+        return {"state": self.state.value, "pid": os.getpid(), "uptime_s": disk["since_s"], "disk_full": disk,
                 "partitions": [], "workers": []}
 
     def request_stop(self, why: str, timeout: float | None = None) -> None:
@@ -90,7 +88,7 @@ def open_registry_when_space(config: Config, retry_every_s: float = RETRY_EVERY_
     the daemon gone between the wait and the supervisor (which gives it its own handlers). Raises
     :class:`~omsd.registry.RegistryDamaged` as :class:`~omsd.registry.Registry` does.
     """
-    path = config.state_dir / "registry.sqlite"
+    path = registry_path(config.state_dir)
     try:
         return StateOpened(Registry(path), None)
     except RegistryFull as exc:

@@ -42,6 +42,12 @@ def free_bytes(path: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def disk_full_report(directory: Path, waiting_writes: int, since: float, error: str | None) -> dict:
+    """The ``disk_full`` part of health and status: where space ran out (``since``: a monotonic time)."""
+    return {"directory": str(directory), "free_bytes": free_bytes(directory), "waiting_writes": waiting_writes,
+            "since_s": round(time.monotonic() - since, 1), "error": error}
+
+
 class StateWrites:
     """Writes waiting for space, in the order they were made."""
 
@@ -114,6 +120,4 @@ class StateWrites:
         """For health and status: where space ran out, what is free there, how many writes wait."""
         if not self.waiting:
             return None
-        return {"directory": str(self.directory), "free_bytes": free_bytes(self.directory),
-                "waiting_writes": len(self.waiting), "since_s": round(time.monotonic() - (self.full_since or 0), 1),
-                "error": self.error}
+        return disk_full_report(self.directory, len(self.waiting), self.full_since or 0.0, self.error)

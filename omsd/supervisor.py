@@ -57,18 +57,17 @@ LAG_EVERY_S = 15.0
 class Supervisor:
     """The daemon. ``run()`` returns an exit code from :mod:`omsd.exitcodes`."""
 
-    def __init__(self, config: Config, *, log_json: bool | None = None, progress: ProgressLog | None = None,
-                 registry: Registry | None = None, control: ControlServer | None = None) -> None:
+    def __init__(self, config: Config, registry: Registry, *, log_json: bool | None = None,
+                 progress: ProgressLog | None = None, control: ControlServer | None = None) -> None:
         """Build every part (nothing runs yet: :meth:`start` opens, binds, subscribes and spawns).
 
-        ``registry``: the registry already opened (the daemon opens it first, waiting for space if need be);
-        without it, it is opened here, raising :class:`RegistryDamaged` (see :func:`report_damaged_registry`)
-        before anything else is built. ``control``: a control server already listening (the wait's), which
-        then answers with this supervisor's handlers.
+        ``registry``: already open (:func:`omsd.spacewait.open_registry_when_space` opens it first, so a
+        damaged one stops the daemon before anything else exists). ``control``: a control server already
+        listening (the wait's), which then answers with this supervisor's handlers.
         """
         cfg = self.config = config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = registry or Registry(cfg.state_dir / "registry.sqlite")
+        self.registry = registry
         try:  # the KafkaCrypto node, with a kafkacrypto section: its key exchange runs in its own thread
             self.crypto = CryptoNode(cfg.kafkacrypto, admin_config(cfg)) if cfg.kafkacrypto is not None else None
         except CryptoError:  # a configuration problem (exit 78), raised before any Kafka client exists
