@@ -63,14 +63,18 @@ def make_durable(paths: Iterable[Path | str], *, whole_fs: bool = False) -> int:
     the files as saved.
     """
     paths = [os.fspath(p) for p in paths]
+    devices: dict[str, int | None] = {}  # per directory (one stat each)
     by_device: dict[int, list[str]] = {}
     for path in paths:
         directory = os.path.dirname(path) or "."
-        try:
-            device = os.stat(directory).st_dev
-        except FileNotFoundError:
-            continue  # removed since it was written: nothing left to make durable
-        by_device.setdefault(device, []).append(path)
+        if directory not in devices:
+            try:
+                devices[directory] = os.stat(directory).st_dev
+            except FileNotFoundError:
+                devices[directory] = None  # removed since it was written: nothing left to make durable
+        device = devices[directory]
+        if device is not None:
+            by_device.setdefault(device, []).append(path)
     for group in by_device.values():
         if whole_fs and len(group) >= SYNCFS_FROM and _syncfs(os.path.dirname(group[0]) or "."):
             continue

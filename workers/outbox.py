@@ -122,6 +122,8 @@ class Outbox:
                     make_durable(unsynced, whole_fs=all(group[2] for group in groups))
                 except OSError as exc:
                     messages = _failed(messages, f"saved files could not be made durable: {exc!r}")
+            if not messages:  # only step reports, dropped because their files could not be made durable
+                continue
             try:  # one pipe write for the whole group
                 self._send(messages[0] if len(messages) == 1 else Reports(tuple(messages)))
             except (OSError, EOFError) as exc:  # the supervisor is gone; the worker notices at its next flush

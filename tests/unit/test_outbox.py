@@ -140,3 +140,34 @@ def test_one_file_that_forbids_syncfs_makes_its_group_fsync_each_file(monkeypatc
     box.put(result(2))
     box.close()
     assert seen == [(2, False), (2, True)]
+
+
+def test_a_group_left_with_nothing_to_send_sends_no_message(monkeypatch, tmp_path) -> None:
+    """A failed barrier under step reports alone leaves nothing to send, and so does a stop with nothing
+    held: no empty message goes to the supervisor, and the sender carries on (and ends) without an error."""
+    crashed: list = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    barriers: list = []
+
+    def durable(_paths, whole_fs=False):
+        barriers.append(len(barriers))
+        if len(barriers) == 1:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(outbox_module, "make_durable", durable)
+    sent: list = []
+    box = Outbox(sent.append)
+    box.saved([tmp_path / "f"])
+    box.put(step(5))  # a long step runs on; its report goes alone, and its barrier fails
+    box.flush()
+    deadline = time.monotonic() + 5
+    while not barriers and time.monotonic() < deadline:  # that group's barrier has run (and failed)
+        time.sleep(0.005)
+    time.sleep(0.05)  # and whatever the sender does after it is done
+    box.saved([tmp_path / "g"])
+    box.put(result(6))
+    box.close()
+    assert [(m.kind, m.task_id) for m in _unpack(sent[-1])] == [(MessageKind.RESULT, 6)] and len(sent) == 1
+    empty = Outbox(sent.append)
+    empty.close()  # nothing held at stop
+    assert len(sent) == 1 and crashed == [] and box.error is None and empty.error is None
