@@ -103,7 +103,8 @@ def _assembly(i: int) -> SimpleNamespace:
 def test_a_poll_batch_is_registered_in_one_commit_and_handed_out_only_after_it(tmp_path) -> None:
     registry = Registry(tmp_path / "registry.sqlite")
     pool = FakePool()
-    jobs = FileJobs(registry=registry, staging=SimpleNamespace(spill_used=0), pool=pool, metrics=Metrics(), stats=Stats(),  # type: ignore[arg-type]
+    no_spill = SimpleNamespace(spill_used=0)
+    jobs = FileJobs(registry=registry, staging=no_spill, pool=pool, metrics=Metrics(), stats=Stats(),  # type: ignore[arg-type]
                     produce=lambda *a: None, failed_dir=tmp_path / "failed", pipelines=[], writes=StateWrites(tmp_path))
     jobs.writes.retry_every_s = 0.0
     intake = FakeIntakeWithPipelines()
