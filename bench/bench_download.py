@@ -265,6 +265,10 @@ class Verifier:
     def finished_at(self) -> float:
         return max(self.complete_at.values())
 
+    def first_at(self) -> float:
+        """When the first file was seen complete (the end of the reader's start-up and group join)."""
+        return min(self.complete_at.values())
+
 
 def sha512_file(path: Path, block: int = 8 << 20) -> bytes:
     digest = hashlib.sha512()
@@ -280,6 +284,7 @@ class Timing:
     seconds: float
     n_bytes: int
     note: str = ""
+    first_s: float | None = None  # from launch until the first file was complete (start-up and group join)
 
     @property
     def mb_per_s(self) -> float:
@@ -362,16 +367,17 @@ def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[So
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
                             cwd=work)
+    verifier = Verifier(out, files, recheck_every)
     try:
-        elapsed = wait_verified(proc, Verifier(out, files, recheck_every), started, timeout,
-                                "DataFileDownloadDirectory", log_path)
+        elapsed = wait_verified(proc, verifier, started, timeout, "DataFileDownloadDirectory", log_path)
         cpu = cpu_seconds(proc.pid)
         if then:
             then(out)
     finally:
         quit_openmsistream(proc)
     return Timing(f"OpenMSIStream DataFileDownloadDirectory ({threads} threads)", elapsed,
-                  sum(f.size for f in files), f"CPU s: {cpu['supervisor'] + cpu['workers']:.1f}")
+                  sum(f.size for f in files), f"CPU s: {cpu['supervisor'] + cpu['workers']:.1f}",
+                  first_s=verifier.first_at() - started)
 
 
 def write_omsd_config(path: Path, bootstrap: str, state_dir: Path, workers: int, memory: str = "512MiB") -> Path:
@@ -445,9 +451,9 @@ def time_omsd(bootstrap: str, topic: str, group_id: str, files: list[SourceFile]
     proc = start_omsd_download(out, config, topic, group_id, log_path, workers)
     if on_start:
         on_start(proc)
+    verifier = Verifier(out, files, recheck_every)
     try:
-        elapsed = wait_verified(proc, Verifier(out, files, recheck_every), started, timeout, "omsd download",
-                                log_path)
+        elapsed = wait_verified(proc, verifier, started, timeout, "omsd download", log_path)
         cpu = cpu_seconds(proc.pid)
         if then:
             then(out)
@@ -456,7 +462,8 @@ def time_omsd(bootstrap: str, topic: str, group_id: str, files: list[SourceFile]
     note = f"CPU s: supervisor {cpu['supervisor']:.1f}, workers {cpu['workers']:.1f}"
     if code != 0:
         note += f"; exit code {code} after SIGTERM"
-    return Timing(f"omsd download ({workers} workers)", elapsed, sum(f.size for f in files), note)
+    return Timing(f"omsd download ({workers} workers)", elapsed, sum(f.size for f in files), note,
+                  first_s=verifier.first_at() - started)
 
 
 class Profiler:
