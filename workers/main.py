@@ -36,14 +36,23 @@ from workers.outbox import Outbox
 
 BLOCK = 8 << 20
 INLINE_HASH_MAX = 256 << 10  # files up to this size are hashed at once: faster than handing them to a thread
+READ_HASH_MAX = 256 << 10  # files up to this size are read into memory to be hashed (cheaper than a mapping)
 
 
 def file_sha512(path: str, size: int) -> bytes:
     """sha512 of the first ``size`` bytes of a staged file.
 
-    Hashed straight from read-only mappings, one window at a time (no copy into
-    this process; the GIL is released while hashing).
+    A file of up to :data:`READ_HASH_MAX` bytes is read with one ``pread``: for
+    small files that costs less than mapping and unmapping a window. Larger
+    ones are hashed straight from read-only mappings, one window at a time (no
+    copy into this process; the GIL is released while hashing).
     """
+    if size <= READ_HASH_MAX:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return hashlib.sha512(os.pread(fd, size, 0)).digest()  # shorter at the file's end: no match
+        finally:
+            os.close(fd)
     digest = hashlib.sha512()
 
     def visit(_offset: int, view: memoryview) -> None:

@@ -7,6 +7,7 @@ name components; anything that could leave an output directory is refused.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -36,22 +37,39 @@ def safe_relative_path(subdir_str: str, filename: str) -> PurePosixPath:
     ``subdir_str`` may be empty (a file at the upload root); otherwise it is a
     ``/``-separated list of plain directory names. ``filename`` is one plain name.
     """
+    return PurePosixPath(*_safe_parts(subdir_str, filename))
+
+
+def _safe_parts(subdir_str: str, filename: str) -> tuple[str, ...]:
+    """The components of ``subdir_str/filename`` once proven plain (see :func:`safe_relative_path`)."""
     if not isinstance(subdir_str, str) or not isinstance(filename, str):
         raise UnsafePathError("subdir_str and filename must be strings")
     if "/" in filename:
         raise UnsafePathError("filename contains '/'")
     _check_component(filename, "filename")
-    parts: list[str] = []
-    if subdir_str != "":
-        if subdir_str.startswith("/"):
-            raise UnsafePathError("subdir_str is absolute")
-        for part in subdir_str.split("/"):
-            _check_component(part, "subdir_str")
-            parts.append(part)
-    rel = PurePosixPath(*parts, filename)
-    if len(str(rel).encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    parts = (*_checked_subdir(subdir_str), filename)
+    if len("/".join(parts).encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise UnsafePathError(f"path longer than {MAX_PATH_BYTES} bytes")
-    return rel
+    return parts
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_subdir(subdir_str: str) -> tuple[str, ...]:
+    """The components of a safe ``subdir_str`` (remembered: many files share a subdirectory)."""
+    if subdir_str == "":
+        return ()
+    if subdir_str.startswith("/"):
+        raise UnsafePathError("subdir_str is absolute")
+    parts = tuple(subdir_str.split("/"))
+    for part in parts:
+        _check_component(part, "subdir_str")
+    return parts
+
+
+def safe_path_under(root: os.PathLike[str] | str, subdir_str: str, filename: str) -> Path:
+    """``root/subdir_str/filename``, refused (UnsafePathError) like :func:`safe_relative_path` and
+    :func:`resolve_under` together would refuse it; the per-file path of the workers' steps."""
+    return _resolve_parts(root, _safe_parts(subdir_str, filename))
 
 
 _RESOLVED_ROOTS: dict[str, Path] = {}
@@ -81,6 +99,7 @@ def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
     what ``realpath`` would give, for one ``lstat`` per existing component under the root.
     """
     current = os.fspath(root_resolved)
+    joined = os.path.join(current, *parts)
     for part in parts:
         current = os.path.join(current, part)
         try:
@@ -91,7 +110,7 @@ def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
             return None  # let realpath decide what this means
         if stat.S_ISLNK(mode):
             return None
-    return root_resolved.joinpath(*parts)
+    return Path(joined)
 
 
 def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -> Path:
@@ -105,14 +124,20 @@ def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -
         raise UnsafePathError("path is absolute")
     for part in rel.parts:
         _check_component(part, "path")
+    return _resolve_parts(root, rel.parts)
+
+
+def _resolve_parts(root: os.PathLike[str] | str, parts: tuple[str, ...]) -> Path:
+    """``root/parts`` (plain components) with the symlinks under ``root`` resolved; refused outside it."""
+    shown = "/".join(parts)
     try:
         root_resolved = _resolved_root(root)
-        target = _plain_join(root_resolved, rel.parts) if rel.parts else None
+        target = _plain_join(root_resolved, parts) if parts else None
         if target is not None:
             return target
-        target = (root_resolved / Path(*rel.parts)).resolve()
+        target = (root_resolved / Path(*parts)).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unencodable name
-        raise UnsafePathError(f"path {str(rel)!r} cannot be resolved under {str(root)!r}: {exc}") from exc
+        raise UnsafePathError(f"path {shown!r} cannot be resolved under {str(root)!r}: {exc}") from exc
     if target == root_resolved or root_resolved not in target.parents:
-        raise UnsafePathError(f"path {str(rel)!r} resolves outside {str(root_resolved)!r}")
+        raise UnsafePathError(f"path {shown!r} resolves outside {str(root_resolved)!r}")
     return target

@@ -7,7 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from omsd.wire.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, UnsafePathError, resolve_under, safe_relative_path
+from omsd.wire.paths import (
+    MAX_COMPONENT_BYTES, MAX_PATH_BYTES, UnsafePathError, resolve_under, safe_path_under, safe_relative_path,
+)
 
 
 @pytest.mark.parametrize("subdir,filename,expected", [
@@ -26,7 +28,7 @@ def test_plain_names_are_accepted(subdir: str, filename: str, expected: str) -> 
     assert not rel.is_absolute()
 
 
-@pytest.mark.parametrize("subdir,filename", [
+UNSAFE_NAMES = [
     ("/abs", "f"), ("/", "f"), ("", "/f"), ("a", "b/c"),
     ("..", "f"), ("a/../..", "f"), ("a/..", "f"), ("", ".."), ("", "."), ("", ""),
     (".", "f"), ("a/./b", "f"), ("a//b", "f"), ("a/", "f"), ("//a", "f"),
@@ -34,7 +36,10 @@ def test_plain_names_are_accepted(subdir: str, filename: str, expected: str) -> 
     ("", "n" * (MAX_COMPONENT_BYTES + 1)), ("d" * (MAX_COMPONENT_BYTES + 1), "f"),
     ("", "é" * (MAX_COMPONENT_BYTES // 2 + 1)),  # the limit is in bytes, not characters
     ("/".join(["d" * 200] * (MAX_PATH_BYTES // 200 + 1)), "f"),
-])
+]
+
+
+@pytest.mark.parametrize("subdir,filename", UNSAFE_NAMES)
 def test_unsafe_names_are_refused(subdir: str, filename: str) -> None:
     with pytest.raises(UnsafePathError):
         safe_relative_path(subdir, filename)
@@ -133,3 +138,27 @@ def test_resolve_under_sees_a_symlink_made_after_an_earlier_call(root: Path) -> 
     (root / "sub").symlink_to(root.parent / "outside", target_is_directory=True)
     with pytest.raises(UnsafePathError):
         resolve_under(root, "sub/f.dat")
+
+
+# --------------------------------------------------------------------------- safe_path_under (both in one)
+
+
+@pytest.mark.parametrize("subdir,filename", [("", "a.dat"), ("x", "a.dat"), ("x/y z/ünï", "数据 1.h5")])
+def test_safe_path_under_is_the_two_checks_in_one(root: Path, subdir: str, filename: str) -> None:
+    expected = resolve_under(root, safe_relative_path(subdir, filename))
+    assert safe_path_under(root, subdir, filename) == expected
+    (root / "x" / "y z" / "ünï").mkdir(parents=True)  # existing directories are walked the same way
+    assert safe_path_under(root, subdir, filename) == expected
+
+
+@pytest.mark.parametrize("subdir,filename", UNSAFE_NAMES + [(None, "f"), ("", None)])
+def test_safe_path_under_refuses_every_unsafe_name(root: Path, subdir: object, filename: object) -> None:
+    with pytest.raises(UnsafePathError):
+        safe_path_under(root, subdir, filename)  # type: ignore[arg-type]
+
+
+def test_safe_path_under_refuses_a_symlinked_subdirectory_pointing_outside(root: Path) -> None:
+    assert safe_path_under(root, "run", "f.dat") == root.resolve() / "run" / "f.dat"
+    (root / "run").symlink_to(root.parent / "outside")  # swapped in after an earlier file of "run"
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        safe_path_under(root, "run", "f.dat")

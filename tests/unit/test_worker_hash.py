@@ -19,17 +19,29 @@ import workers.mapped as mapped
 def test_file_sha512_across_windows(tmp_path, monkeypatch, size: int) -> None:
     monkeypatch.setattr(mapped, "MAP_WINDOW", 2 * mmap.ALLOCATIONGRANULARITY)
     monkeypatch.setattr(worker, "BLOCK", 3000)  # blocks that do not divide the window
+    monkeypatch.setattr(worker, "READ_HASH_MAX", -1)  # through the mappings even for these small sizes
     data = os.urandom(size)
     path = tmp_path / "staged"
     path.write_bytes(data + b"trailing bytes beyond the file are not hashed")
     assert worker.file_sha512(str(path), size) == hashlib.sha512(data).digest()
 
 
-def test_file_sha512_of_a_short_staging_file_does_not_match(tmp_path) -> None:
+@pytest.mark.parametrize("read_max", [-1, 1 << 20], ids=["mapped", "read"])
+def test_file_sha512_of_a_short_staging_file_does_not_match(tmp_path, monkeypatch, read_max: int) -> None:
+    monkeypatch.setattr(worker, "READ_HASH_MAX", read_max)
     path = tmp_path / "staged"
     path.write_bytes(b"abc")
     hashed = worker.file_sha512(str(path), 10)
     assert hashed == hashlib.sha512(b"abc").digest() != hashlib.sha512(b"abc" + bytes(7)).digest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 100_000])
+def test_file_sha512_reads_a_small_file_at_once_and_ignores_trailing_bytes(tmp_path, size: int) -> None:
+    assert size <= worker.READ_HASH_MAX
+    data = os.urandom(size)
+    path = tmp_path / "staged"
+    path.write_bytes(data + b"trailing bytes beyond the file are not hashed")
+    assert worker.file_sha512(str(path), size) == hashlib.sha512(data).digest()
 
 
 # -- process(): the first step works ahead while the file is hashed ------------------------------------

@@ -26,7 +26,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from omsd.wire.paths import resolve_under, safe_relative_path
+from omsd.wire.paths import safe_path_under
 from workers.datafile import DataFile
 from workers.mapped import for_each_window
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext
@@ -45,8 +45,7 @@ _REFUSED: dict[tuple[int, int], set[str]] = {}
 
 def target_path(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     """Where ``datafile`` goes under ``root``; raises UnsafePathError if it would escape."""
-    relative = safe_relative_path(datafile.subdir_str, datafile.filename)
-    return resolve_under(root, relative)
+    return safe_path_under(root, datafile.subdir_str, datafile.filename)
 
 
 def _copy_with(method: str, src: int, dst: int, offset: int, count: int) -> int:
