@@ -346,7 +346,8 @@ class Registry:
         if existing is not None:
             return existing
         now = time.time()
-        with self.transaction():
+        # Inside the caller's transaction no savepoint is needed: the one INSERT is atomic by itself.
+        with contextlib.nullcontext() if self.db.in_transaction else self.transaction():
             (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files WHERE topic=? AND rel_path=?",
                                         (topic, rel_path)).fetchone()
             row_id = self.db.execute(

@@ -104,11 +104,11 @@ class Staging:
         self._counter += 1
         name = f"{self.prefix}{os.getpid()}-{self._counter}"
         if self.memory_used + estimated_size <= self.memory_budget:
-            path, kind = self.shm_dir / name, "shm"
+            path, kind = os.path.join(self.shm_dir, name), "shm"
         else:
-            path, kind = self.spill_dir / name, "spill"
+            path, kind = os.path.join(self.spill_dir, name), "spill"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        staged = StagedFile(path=str(path), kind=kind, reserved=0, fd=fd)
+        staged = StagedFile(path=path, kind=kind, reserved=0, fd=fd)
         self._account(staged, estimated_size)
         self.files += 1
         return staged
@@ -125,8 +125,8 @@ class Staging:
 
     def write(self, staged: StagedFile, offset: int, data: bytes) -> None:
         """Write one chunk at its offset (idempotent for duplicates)."""
-        directory = Path(staged.path).parent
         if staged.kind in self._reserved_kinds and self.reserve_bytes > 0 and offset + len(data) > staged.size:
+            directory = Path(staged.path).parent
             free = free_bytes(directory)
             if free is not None and free - len(data) < self.reserve_bytes:
                 self.full_reason = (f"{free} bytes free in {directory}, below the {self.reserve_bytes} bytes "
@@ -138,8 +138,9 @@ class Staging:
                 written += os.pwrite(staged.fd, memoryview(data)[written:], offset + written)
         except OSError as exc:
             if is_no_space(exc):
+                directory = Path(staged.path).parent
                 self.full_reason = f"no space left in {directory}"
-                raise StagingFull(exc.errno, f"no space left for staging in {Path(staged.path).parent}") from exc
+                raise StagingFull(exc.errno, f"no space left for staging in {directory}") from exc
             raise
         end = offset + len(data)
         if end > staged.size:

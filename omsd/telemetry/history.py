@@ -30,7 +30,9 @@ class History:
         """Count one file of ``pipeline``, done (with its bytes) or failed, in the current bucket."""
         bucket = int(self.clock() // self.bucket_s)
         with self._lock:
-            ring = self._rings.setdefault(pipeline, [[-1, 0, 0, 0] for _ in range(self.size)])
+            ring = self._rings.get(pipeline)
+            if ring is None:  # built once per pipeline, not on every call
+                ring = self._rings[pipeline] = [[-1, 0, 0, 0] for _ in range(self.size)]
             slot = ring[bucket % self.size]
             if slot[0] != bucket:  # an old round of the ring: start the bucket afresh
                 slot[:] = [bucket, 0, 0, 0]

@@ -7,6 +7,7 @@ started when configured (``start_http``). Every name starts with ``omsd_``.
 from __future__ import annotations
 
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
@@ -59,14 +60,19 @@ class Metrics:
             "omsd_step_duration_seconds", "Time one pipeline step took for one file.",
             ["pipeline", "step"], buckets=STEP_BUCKETS, registry=reg)
         self.history = History()  # the last 15 minutes per pipeline, for the status page
+        self._completed: dict[str, tuple[Any, Any]] = {}  # pipeline -> its files and bytes counters
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- updates ---------------------------------------------------------
     def file_completed(self, pipeline: str, n_bytes: int) -> None:
         """Count one file of ``n_bytes`` completed by ``pipeline``."""
-        self.files_completed.labels(pipeline=pipeline).inc()
-        self.bytes_completed.labels(pipeline=pipeline).inc(n_bytes)
+        counters = self._completed.get(pipeline)
+        if counters is None:  # a labels() lookup per file costs more than the increments
+            counters = self._completed[pipeline] = (self.files_completed.labels(pipeline=pipeline),
+                                                     self.bytes_completed.labels(pipeline=pipeline))
+        counters[0].inc()
+        counters[1].inc(n_bytes)
         self.history.add(pipeline, n_bytes)
 
     def file_failed(self, pipeline: str) -> None:
