@@ -14,6 +14,8 @@ class attribute (it is not pickled, and no sender can choose it)::
                           StepFinished        one step of one pipeline finished (recorded before the next)
                           FileResult          the file is finished (after its last StepFinished)
                           Reports             several of the above, in the order they were made
+                          Progress            files processed up to a task; their reports follow once
+                                              the files they saved are durable
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class MessageKind(str, Enum):
     STEP = "step"
     RESULT = "result"
     REPORTS = "reports"
+    PROGRESS = "progress"
 
 
 class StepStatus(str, Enum):
@@ -177,7 +180,20 @@ class Reports:
     kind: ClassVar[MessageKind] = MessageKind.REPORTS
 
 
+@dataclass(frozen=True)
+class Progress:
+    """The worker has processed every task it was sent up to ``task_id`` (and is on to the next).
+
+    Sent as soon as a group of results is handed to the durability barrier; the results themselves
+    follow once the files are durable. The supervisor counts only the tasks not processed yet
+    against the files a worker may hold ahead, so a slow barrier does not leave the worker idle.
+    """
+
+    task_id: int
+    kind: ClassVar[MessageKind] = MessageKind.PROGRESS
+
+
 #: Messages the supervisor sends.
 ToWorker = FileTask | Tasks | Stop
 #: Messages a worker sends.
-FromWorker = Report | Reports
+FromWorker = Report | Reports | Progress

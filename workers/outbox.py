@@ -16,6 +16,10 @@ repeat it).
 If the files cannot be made durable (an I/O error of the disk), nothing that
 claims them saved is sent: each held file's result becomes an error, so the
 supervisor keeps its bytes for a retry and records no finished step.
+
+When a group holding results goes to the barrier, the worker says at once
+that it has processed those files (:class:`~workers.messages.Progress`), so
+the supervisor sends it the next ones while the barrier runs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.durability import make_durable
-from workers.messages import FileResult, MessageKind, Report, Reports, ResultStatus
+from workers.messages import FileResult, MessageKind, Progress, Report, Reports, ResultStatus
 
 FLUSH_AFTER_S = 0.02  # a report waits at most about this long (plus the file in progress) for the next ones
 FLUSH_EVERY = 8  # results handed on together at most: the supervisor refills the worker while it works on
@@ -46,6 +50,7 @@ class Outbox:
         self._since: float | None = None
         self._results = 0
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # the pipe is written by this thread (progress) and the sender
         self._groups: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_groups, name="omsd-outbox", daemon=True)
         self._sender.start()
@@ -81,8 +86,16 @@ class Outbox:
         if self.error is not None:
             raise self.error
         group = self._take(0.0)
-        if group is not None:
-            self._groups.put(group)
+        if group is None:
+            return
+        last = next((m.task_id for m in reversed(group[0]) if m.kind is MessageKind.RESULT), None)
+        if last is not None and group[1]:  # results that will wait for a barrier: say they are processed
+            self._deliver(Progress(task_id=last))
+        self._groups.put(group)
+
+    def _deliver(self, message: Any) -> None:
+        with self._send_lock:
+            self._send(message)
 
     def _take(self, min_age_s: float) -> _Group | None:
         """The held reports and files, if any report has waited ``min_age_s``."""
@@ -125,7 +138,7 @@ class Outbox:
             if not messages:  # only step reports, dropped because their files could not be made durable
                 continue
             try:  # one pipe write for the whole group
-                self._send(messages[0] if len(messages) == 1 else Reports(tuple(messages)))
+                self._deliver(messages[0] if len(messages) == 1 else Reports(tuple(messages)))
             except (OSError, EOFError) as exc:  # the supervisor is gone; the worker notices at its next flush
                 self.error = exc
                 return

@@ -8,7 +8,9 @@ of one path never run at once and run in order. A slot's worker works through
 its tasks one at a time; when files are cheap (the recent mean time per file
 is well under :data:`AHEAD_S`) it is sent several ahead, so that it never
 waits for the supervisor between them and can make their saves durable
-together. A slot whose process dies is restarted with backoff and its
+together. Files the worker reports processed (``Progress``) while their
+durability barrier runs no longer count as sent ahead: it is sent the next
+ones meanwhile (at most :data:`MAX_HELD` in all). A slot whose process dies is restarted with backoff and its
 in-flight tasks wait again in their arrival order; the one it was working on
 counts a death, and after ``poison_limit`` deaths is handed back as poison. A
 worker killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced
@@ -34,7 +36,7 @@ from omsd.dispatch.watchdog import StepRun, watch
 from omsd.exitcodes import RET_WORKER_BOOT
 from omsd.states import ProcessState, transition
 from workers.main import worker_main
-from workers.messages import FileTask, FromWorker, MessageKind, Report, Stop, Tasks
+from workers.messages import FileTask, FromWorker, MessageKind, Progress, Report, Stop, Tasks
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets its slot's backoff
 AHEAD_S = 0.02  # files worth about this much work are sent to a worker ahead of the one it works on
 MAX_IN_FLIGHT = 32  # and never more than this many
+MAX_HELD = 8 * MAX_IN_FLIGHT  # files a worker holds at most, counting those processed and waiting for durability
 
 
 @dataclass
@@ -66,8 +69,9 @@ class Slot:
     _state: ProcessState = field(default=ProcessState.STOPPED, repr=False)
     process: Any = None
     conn: Any = None
-    in_flight: deque[Task] = field(default_factory=deque)  # sent to the worker, in order; the first is running
-    head_since: float = 0.0  # when the first of in_flight became the one the worker works on
+    in_flight: deque[Task] = field(default_factory=deque)  # sent to the worker, in order, until their results
+    processed: int = 0  # the first this many of in_flight are processed; their results wait for durability
+    head_since: float = 0.0  # when the worker's current file (the first not processed) became current
     started_at: float = 0.0
     restart_at: float = 0.0
     backoff_s: float = BACKOFF_START_S
@@ -89,8 +93,13 @@ class Slot:
 
     @property
     def current(self) -> Task | None:
-        """The task the worker is working on (the oldest one sent)."""
-        return self.in_flight[0] if self.in_flight else None
+        """The task the worker is working on (the oldest one sent and not processed)."""
+        return self.in_flight[self.processed] if self.processed < len(self.in_flight) else None
+
+    @property
+    def ahead(self) -> int:
+        """Tasks sent to the worker and not processed yet (the current one included)."""
+        return len(self.in_flight) - self.processed
 
     def describe(self, now: float | None = None, waiting_home: int = 0) -> dict:
         """``waiting_home``: files waiting whose home this slot is (any slot may take them when balanced)."""
@@ -99,7 +108,7 @@ class Slot:
         return {"slot": self.index, "pid": self.process.pid if self.process else None, "state": self.state.value,
                 "current_file": self.step.relative_path if self.step else
                 self.current.relative_path if self.current else None, **running,
-                "queued": waiting_home + max(0, len(self.in_flight) - 1),
+                "queued": waiting_home + max(0, self.ahead - 1),
                 "files_done": self.files_done, "restarts": self.restarts}
 
 
@@ -199,7 +208,7 @@ class WorkerPool:
         return max(1, min(MAX_IN_FLIGHT, int(AHEAD_S / max(self.mean_task_s, 1e-6))))
 
     def backlog(self) -> Backlog:
-        """Files running or waiting, per slot, and their staged size.
+        """Files running or waiting, per slot, and the staged size of every file not finished.
 
         A waiting file counts for its home slot when sharded; when balanced, any slot may take it, so
         the waiting files are shared out evenly.
@@ -211,7 +220,9 @@ class WorkerPool:
             total = len(self.waiting)
             waiting = [total // n + (1 if i < total % n else 0) for i in range(n)]
         size = sum(t.size for t in self.waiting) + sum(t.size for s in self.slots for t in s.in_flight)
-        return Backlog(per_worker=tuple(len(s.in_flight) + w for s, w in zip(self.slots, waiting)), size_bytes=size,
+        # Files processed and waiting for their durability barrier need no more worker time: they count in
+        # the staged size, not in the queues.
+        return Backlog(per_worker=tuple(s.ahead + w for s, w in zip(self.slots, waiting)), size_bytes=size,
                        in_flight=self.in_flight_limit())
 
     def dispatch(self) -> None:
@@ -225,21 +236,23 @@ class WorkerPool:
         now = time.monotonic()
         # A worker whose current file has taken longer than AHEAD_S is sent nothing ahead: what waits
         # behind a slow file could not be taken by another worker.
-        ready = [s for s in self.slots if s.state is ProcessState.RUNNING and len(s.in_flight) < limit
-                 and (not s.in_flight or now - s.head_since < AHEAD_S)]
+        # Only files not processed yet count against the limit: those waiting for their durability barrier
+        # keep nothing else from the worker (up to MAX_HELD in all).
+        ready = [s for s in self.slots if s.state is ProcessState.RUNNING and s.ahead < limit
+                 and len(s.in_flight) < MAX_HELD and (not s.ahead or now - s.head_since < AHEAD_S)]
         outgoing: dict[int, list[FileTask]] = {}
         while ready:
-            ready.sort(key=lambda s: (bool(s.in_flight), -s.head_since, len(s.in_flight)))
+            ready.sort(key=lambda s: (bool(s.ahead), -s.head_since, s.ahead))
             slot = ready[0]
             task = self.waiting.take(slot.index, now)
             if task is None:
                 ready.pop(0)
                 continue
-            if not slot.in_flight:
+            if not slot.ahead:
                 slot.head_since = now
             slot.in_flight.append(task)
             outgoing.setdefault(slot.index, []).append(task.message)
-            if len(slot.in_flight) >= limit:
+            if slot.ahead >= limit or len(slot.in_flight) >= MAX_HELD:
                 ready.pop(0)
         for index, messages in outgoing.items():  # one pipe write per worker
             try:
@@ -268,10 +281,17 @@ class WorkerPool:
                 pass  # reap() notices the exit
         return out
 
-    def _take_report(self, slot: Slot, report: Report, out: list[tuple[Slot, Report]]) -> None:
-        """Note what one report changes in the slot; pass it on unless it is the watchdog's alone."""
+    def _take_report(self, slot: Slot, report: Report | Progress, out: list[tuple[Slot, Report]]) -> None:
+        """Note what one report changes in the slot; pass it on unless it is the watchdog's or the
+        dispatcher's alone (an attempt started; files processed)."""
         if report.kind is MessageKind.STEP_STARTED:
             slot.step = self._step_run(slot, report)
+            return
+        if report.kind is MessageKind.PROGRESS:
+            done = next((i + 1 for i, t in enumerate(slot.in_flight) if t.task_id == report.task_id), 0)
+            if done > slot.processed:
+                slot.processed = done
+                slot.head_since = time.monotonic()  # the worker is on to its next file
             return
         if report.kind in (MessageKind.STEP, MessageKind.RESULT) and slot.step is not None \
                 and slot.step.task_id == report.task_id:
@@ -280,7 +300,10 @@ class WorkerPool:
             slot.move_to(ProcessState.RUNNING)
         elif report.kind is MessageKind.RESULT and slot.in_flight:
             self.waiting.done(slot.in_flight.popleft())  # results come in the order tasks were sent
-            slot.head_since = time.monotonic()
+            if slot.processed:
+                slot.processed -= 1  # known processed already: the current file did not change
+            else:
+                slot.head_since = time.monotonic()
             slot.files_done += 1
             self._observe(report.duration_s)
         out.append((slot, report))
@@ -325,6 +348,7 @@ class WorkerPool:
                 slot.boot_failures += 1
             handed_back = list(slot.in_flight)
             slot.in_flight.clear()
+            slot.processed = 0
             killed, slot.killed, slot.step = slot.killed, None, None
             timed_out = next((t for t in handed_back if killed is not None and t.task_id == killed.task_id), None)
             if timed_out is not None:  # the watchdog's kill: not a death of the slot, nor the file's
@@ -338,7 +362,8 @@ class WorkerPool:
                 if task is not None:
                     task.deaths += 1
                     if task.deaths >= self.poison_limit:
-                        poison.append(handed_back.pop(0))
+                        handed_back.remove(task)
+                        poison.append(task)
                         self.waiting.done(task)
             self.waiting.push_back(handed_back)
             self.handed_back.extend(handed_back)

@@ -9,8 +9,8 @@ import pickle
 import pytest
 
 from workers.messages import (
-    BootFailed, FileMeta, FileResult, FileTask, MessageKind, Produced, Ready, Reports, ResultStatus, StepFinished,
-    StepStarted, StepStatus, Stop, Tasks,
+    BootFailed, FileMeta, FileResult, FileTask, MessageKind, Produced, Progress, Ready, Reports, ResultStatus,
+    StepFinished, StepStarted, StepStatus, Stop, Tasks,
 )
 
 META = FileMeta(relative_path="run/a.dat", subdir_str="run", filename="a.dat", file_hash=b"\x01" * 64,
@@ -26,7 +26,8 @@ EVERY_MESSAGE = [
                  duration_s=0.1, produced=(Produced("results", "run_a.dat_chunk_processing_result", b"{}"),)),
     FileResult(task_id=1, status=ResultStatus.OK, pipelines={"p": True}, duration_s=0.2),
 ]
-EVERY_MESSAGE += [Tasks(tasks=(EVERY_MESSAGE[0], EVERY_MESSAGE[0])), Reports(reports=tuple(EVERY_MESSAGE[4:]))]
+EVERY_MESSAGE += [Tasks(tasks=(EVERY_MESSAGE[0], EVERY_MESSAGE[0])), Reports(reports=tuple(EVERY_MESSAGE[4:])),
+                  Progress(task_id=1)]
 
 
 def test_every_kind_has_one_message() -> None:

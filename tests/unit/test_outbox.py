@@ -51,9 +51,23 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
         box.put(step(task_id))
         box.put(result(task_id))
     box.close()
-    assert events[0] == ("durable", ["f1", "f2"])  # one barrier for the group, before anything is sent
-    assert events[1:] == [("sent", 1, "step"), ("sent", 1, "result"), ("sent", 2, "step"), ("sent", 2, "result")]
-    assert writes == [MessageKind.REPORTS]  # the whole group in one message: one pipe write
+    assert events[0] == ("sent", 2, "progress")  # at once: the supervisor may send the next files
+    assert events[1] == ("durable", ["f1", "f2"])  # one barrier for the group, before any report is sent
+    assert events[2:] == [("sent", 1, "step"), ("sent", 1, "result"), ("sent", 2, "step"), ("sent", 2, "result")]
+    assert writes == [MessageKind.PROGRESS, MessageKind.REPORTS]  # the whole group in one message: one pipe write
+
+
+def test_progress_is_said_only_for_results_that_wait_for_a_barrier(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(outbox_module, "make_durable", lambda paths, whole_fs=False: len(paths))
+    sent: list = []
+    box = Outbox(sent.append)
+    box.put(result(1))  # nothing saved: sent at once, no progress needed
+    box.flush()
+    box.saved([tmp_path / "f"])
+    box.put(step(2))  # a step report alone: no file is processed yet
+    box.flush()
+    box.close()
+    assert MessageKind.PROGRESS not in [m.kind for m in sent]
 
 
 def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_reports(monkeypatch, tmp_path) -> None:
@@ -68,8 +82,8 @@ def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_repor
     box.put(step(3))
     box.put(result(3))
     box.close()
-    assert [(m.kind, m.task_id, m.status) for m in sent] == [(MessageKind.RESULT, 3, ResultStatus.ERROR)]
-    assert "could not be made durable" in sent[0].error
+    assert [(m.kind, m.task_id) for m in sent] == [(MessageKind.PROGRESS, 3), (MessageKind.RESULT, 3)]
+    assert sent[1].status is ResultStatus.ERROR and "could not be made durable" in sent[1].error
 
 
 def test_a_report_held_while_the_worker_is_busy_is_sent_by_itself(monkeypatch) -> None:
@@ -167,7 +181,7 @@ def test_a_group_left_with_nothing_to_send_sends_no_message(monkeypatch, tmp_pat
     box.saved([tmp_path / "g"])
     box.put(result(6))
     box.close()
-    assert [(m.kind, m.task_id) for m in _unpack(sent[-1])] == [(MessageKind.RESULT, 6)] and len(sent) == 1
+    assert [(m.kind, m.task_id) for m in sent] == [(MessageKind.PROGRESS, 6), (MessageKind.RESULT, 6)]
     empty = Outbox(sent.append)
     empty.close()  # nothing held at stop
-    assert len(sent) == 1 and crashed == [] and box.error is None and empty.error is None
+    assert len(sent) == 2 and crashed == [] and box.error is None and empty.error is None
