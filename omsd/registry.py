@@ -275,6 +275,17 @@ class Registry:
             raise
 
     @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Writes recorded together or not at all: a transaction of their own, or, inside the caller's
+        transaction, no savepoint (two statements fewer), for callers that roll their whole transaction
+        back on any error (the supervisor's per-turn groups do)."""
+        if self.db.in_transaction:
+            yield
+            return
+        with self.transaction():
+            yield
+
+    @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
         self.db.execute("SAVEPOINT inner_writes")
         try:
@@ -346,8 +357,7 @@ class Registry:
         if existing is not None:
             return existing
         now = time.time()
-        # Inside the caller's transaction no savepoint is needed: the one INSERT is atomic by itself.
-        with contextlib.nullcontext() if self.db.in_transaction else self.transaction():
+        with self.atomic():  # inside the caller's transaction the one INSERT is atomic by itself
             (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files WHERE topic=? AND rel_path=?",
                                         (topic, rel_path)).fetchone()
             row_id = self.db.execute(

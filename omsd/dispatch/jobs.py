@@ -393,7 +393,7 @@ class FileJobs:
             kept_path = self.failed_dir / f"{job.record_id}"
             self.staging.keep(job.assembly.staged, kept_path)
             kept = str(kept_path)
-        with self.registry.transaction():
+        with self.registry.atomic():  # in a turn's group, the group's transaction rolls it all back
             for pipeline in job.pipelines:
                 failure = errors.get(pipeline.name)
                 self.registry.record_pipeline(job.record_id, pipeline.name, "failed" if failure else "done", failure)

@@ -81,3 +81,20 @@ def test_a_registry_that_cannot_be_created_for_lack_of_space_is_registry_full(tm
     monkeypatch.setattr(registry_module, "create_registry", full)
     with pytest.raises(RegistryFull, match="cannot create it"):
         Registry(tmp_path / "r.sqlite")
+
+
+def test_atomic_writes_commit_alone_or_with_the_callers_transaction(tmp_path) -> None:
+    registry = Registry(tmp_path / "r.sqlite")
+    with registry.atomic():  # alone: a transaction of its own, committed
+        record = registry.register("t", "run/a.dat", "00" * 64, 1)
+    assert registry.get(record.id).status == "processing"
+    statements: list[str] = []
+    registry.db.set_trace_callback(statements.append)
+    with pytest.raises(RuntimeError), registry.transaction():
+        with registry.atomic():
+            registry.set_status(record.id, "done")
+        raise RuntimeError("the caller's group fails")
+    registry.db.set_trace_callback(None)
+    assert registry.get(record.id).status == "processing"  # rolled back with the caller's transaction
+    assert not any("SAVEPOINT" in s for s in statements)  # and no savepoint of its own
+    registry.close()
