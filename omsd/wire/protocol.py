@@ -24,6 +24,7 @@ from omsd.wire.unpack import parse_fields
 HASH_LEN = 64  # sha512 digest size
 DEFAULT_CHUNK_SIZE = 524288
 DEFAULT_MAX_FILE_SIZE = 1 << 40  # 1 TiB
+COPY_DECODE_MAX = 128 << 10  # values up to this size are decoded by msgpack (data copied), larger ones in place
 EMPTY_SHA512 = hashlib.sha512(b"").digest()
 
 
@@ -155,7 +156,9 @@ def decode_chunk(value: bytes | None, *, max_file_size: int = DEFAULT_MAX_FILE_S
     """
     if not value:
         raise ProtocolError("empty", "message value is empty or missing")
-    fields = parse_fields(value)  # zero-copy for the usual layout
+    # Small values: msgpack's C parser, whose copy of the data costs less than parsing by hand; larger
+    # ones: zero-copy for the usual layout (see omsd.wire.unpack).
+    fields = parse_fields(value) if len(value) > COPY_DECODE_MAX else None
     if fields is None:
         try:
             fields = msgpack.unpackb(value, raw=False, strict_map_key=True)

@@ -14,6 +14,7 @@ from openmsistream.data_file_io.utilities import get_message_prepend
 from openmsistream.kafka_wrapper.serialization import DataFileChunkDeserializer, DataFileChunkSerializer
 
 from omsd.wire.protocol import (
+    COPY_DECODE_MAX,
     DEFAULT_MAX_FILE_SIZE,
     EMPTY_SHA512,
     HASH_LEN,
@@ -170,6 +171,16 @@ def test_bin_typed_strings_from_old_producers_are_read() -> None:
 def test_decode_accepts_bytearray_and_memoryview() -> None:
     value = pack(fields())
     assert decode_chunk(bytearray(value)) == decode_chunk(value) == decode_chunk(memoryview(value))
+
+
+@pytest.mark.parametrize("size", [1, COPY_DECODE_MAX - 300, COPY_DECODE_MAX + 1, 3 * COPY_DECODE_MAX])
+def test_a_large_chunk_is_decoded_in_place_and_a_small_one_by_msgpack(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    value = encode_chunk(filename="a", file_hash=FILE_HASH, data=data, offset=0, chunk_i=1, n_total_chunks=1)
+    chunk = decode_chunk(value)
+    assert bytes(chunk.data) == data and chunk.chunk_hash == hashlib.sha512(data).digest()
+    # Data of a large value is a view into it (no copy); a small one is copied, which costs less than parsing.
+    assert isinstance(chunk.data, memoryview) is (len(value) > COPY_DECODE_MAX)
 
 
 # --------------------------------------------------------------------------- OpenMSIStream as the peer
