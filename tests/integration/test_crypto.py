@@ -95,7 +95,7 @@ def test_omsd_download_decrypts_openmsistream_uploads(broker, topic, tmp_path) -
         wait_for(lambda: out.exists() and tree(out) == files, 60, "every encrypted file saved", proc, log)
         assert uploader.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
         # The daemon's own messages follow the encryption: a third node decrypts its heartbeats.
-        counted = read_encrypted_heartbeats(broker.bootstrap, heartbeats, configs["reader"])
+        counted = read_encrypted_heartbeats(broker.bootstrap, heartbeats, configs["reader"], n_messages(files))
         assert counted["key"] == b"dl_heartbeat" and counted["n_messages_read"] >= n_messages(files)
     finally:
         quit_openmsistream(uploader, 20)
@@ -103,8 +103,11 @@ def test_omsd_download_decrypts_openmsistream_uploads(broker, topic, tmp_path) -
     assert_unreadable_on_topic(broker.bootstrap, topic, files, len(files))
 
 
-def read_encrypted_heartbeats(bootstrap: str, topic: str, reader_config: Path) -> dict:
-    """Heartbeats on ``topic``, which must be ciphertext, decrypted by another node: key and summed counts."""
+def read_encrypted_heartbeats(bootstrap: str, topic: str, reader_config: Path, at_least: int = 1) -> dict:
+    """Heartbeats on ``topic``, which must be ciphertext, decrypted by another node: key and summed counts.
+
+    Each heartbeat counts the messages read since the one before, so they are read (for up to 30 s)
+    until the counts add up to ``at_least``."""
     from omsd.config import Config
     from omsd.crypto.node import NOT_YET, CryptoNode
     from omsd.crypto.settings import resolve
@@ -117,7 +120,7 @@ def read_encrypted_heartbeats(bootstrap: str, topic: str, reader_config: Path) -
     total: dict = {"n_messages_read": 0}
     deadline = time.monotonic() + 30
     try:
-        while time.monotonic() < deadline and total["n_messages_read"] == 0:
+        while time.monotonic() < deadline and total["n_messages_read"] < at_least:
             msg = reader.consumer.poll(0.2)
             if msg is not None and msg.error() is None:
                 assert msg.value()[:1] == b"\x01" and b"heartbeat" not in msg.key()  # not readable as sent
