@@ -10,10 +10,11 @@ is well under :data:`AHEAD_S`) it is sent several ahead, so that it never
 waits for the supervisor between them and can make their saves durable
 together. Files the worker reports processed (``Progress``) while their
 durability barrier runs no longer count as sent ahead: it is sent the next
-ones meanwhile (at most :data:`MAX_HELD` in all). A slot whose process dies is restarted with backoff and its
-in-flight tasks wait again in their arrival order; the one it was working on
-counts a death, and after ``poison_limit`` deaths is handed back as poison. A
-worker killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced
+ones meanwhile (at most :data:`MAX_HELD` in all). A slot whose process dies
+is restarted with backoff and its in-flight tasks wait again in their arrival
+order; the one it was working on (the first it had not processed) counts a
+death, and after ``poison_limit`` deaths is handed back as poison. A worker
+killed by the step watchdog (:mod:`omsd.dispatch.watchdog`) is replaced
 at once; its task is handed back as timed out (:meth:`WorkerPool.take_timed_out`),
 not as a death.
 """
