@@ -140,7 +140,8 @@ def time_raw_writer(bootstrap: str, topic: str, group_id: str, files: list[Sourc
     finally:
         writer.stop()
     return Timing("raw writer (in-process: decode, sha512, write, rename)", elapsed, sum(f.size for f in files),
-                  f"CPU s: {cpu:.1f} (this whole process)", first_s=(writer.first_written or 0.0) - writer.started)
+                  f"CPU s: {cpu:.1f} (this whole process)",
+                  first_s=None if writer.first_written is None else writer.first_written - writer.started)
 
 
 # -- latency --------------------------------------------------------------------------------------------
