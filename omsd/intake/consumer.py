@@ -24,10 +24,11 @@ from omsd.intake.flow import FlowControl, PauseReason
 from omsd.crypto.node import CryptoNode
 from omsd.intake.decrypt import Decryptor, Opened
 from omsd.intake.handover import HandoverLog
-from omsd.kafka import KAFKA_LOG, make_consumer
+from omsd.kafka import KAFKA_LOG, consumer_config, make_consumer
 from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
 from omsd.intake.staging import Staging, StagingFull
+from omsd.intake.startoffsets import reset_offset, start_offsets
 from omsd.intake.undecryptable import UndecryptableStore
 from omsd.intake.fetch import batch_size, fetch
 from omsd.intake.rejections import Rejections
@@ -57,6 +58,7 @@ class Intake:
         self.handover = handover
         self.handed_over_skipped = 0  # messages the previous owner of their partition had finished
         self.consumer = make_consumer(config, group_id, polled=True, on_error=on_error)
+        self._reset = reset_offset(consumer_config(config, group_id))  # None: librdkafka places new partitions
         self.watermarks = Watermarks()
         self.assembler = Assembler(staging, self.watermarks, config.staging.max_file_bytes)
         # Encrypted topics: messages are decrypted before decoding (see omsd.intake.decrypt).
@@ -88,19 +90,27 @@ class Intake:
             self.unassigned_since = None
         KAFKA_LOG.connected()  # the group coordinator answered: the broker is back, whatever came before
         log.info("partitions assigned", group=self.group_id, partitions=sorted(tps))
+        starts = start_offsets(self.consumer, partitions, self._reset) if self._reset is not None else None
+        if starts is not None:
+            self.consumer.assign(starts)  # read at once, not after librdkafka's own lookup (startoffsets)
         if self.handover is not None and self.handover.ready():
-            self._inherit(partitions)
+            if starts is None or any(part.offset >= 0 for part in starts):  # records apply to committed offsets
+                self._inherit(partitions, starts)
         # librdkafka keeps a partition's pause flag across revoke and re-assignment: set it explicitly.
         if self.flow.paused:
             self.consumer.pause(partitions)
         else:
             self.consumer.resume(partitions)
 
-    def _inherit(self, partitions: list[TopicPartition]) -> None:
-        """Take over what the previous owners of these partitions finished above their committed offsets."""
+    def _inherit(self, partitions: list[TopicPartition], committed: list[TopicPartition] | None) -> None:
+        """Take over what the previous owners of these partitions finished above their committed offsets.
+
+        ``committed``: the partitions' committed offsets if already read (negative: none).
+        """
         try:
             self.handover.catch_up()
-            committed = self.consumer.committed(partitions, timeout=10)
+            if committed is None:
+                committed = self.consumer.committed(partitions, timeout=10)
         except Exception as exc:  # noqa: BLE001 - without it, finished files are merely repeated
             log.warning("could not read handover records", group=self.group_id, error=str(exc))
             return
