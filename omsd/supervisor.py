@@ -89,7 +89,7 @@ class Supervisor:
         self.writes = StateWrites(cfg.state_dir)
         self.staging = Staging(cfg.state_dir, cfg.staging.memory_bytes, reserve_bytes=cfg.state_reserve_bytes)
         self.metrics = Metrics()
-        # Opened when partitions are first assigned: start-up does not wait for the broker.
+        # Opened in a thread at start (and checked at each assignment): start-up does not wait for the broker.
         self.handover = HandoverLog(cfg, cfg.handover_topic) if cfg.handover_topic else None
         self.groups: dict[str, list[PipelineConfig]] = {}
         for pipeline in cfg.pipelines:
@@ -127,6 +127,8 @@ class Supervisor:
         # read before the main loop polls.
         for intake in self.intakes:
             intake.subscribe()
+        if self.handover is not None:
+            self.handover.open_in_background()  # meanwhile too, in a thread: the first assignment waits less
         self.pool.start()
         if not self.control.listening:
             self.control.start()

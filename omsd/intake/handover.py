@@ -14,11 +14,16 @@ are keyed by group, topic and partition, and the topic is created compacted.
 Without the topic (no rights to create it, or ``handover_topic: null``) the
 daemon works as before: the next owner repeats the files finished above the
 committed offset.
+
+The topic is opened in a thread at start-up (:meth:`HandoverLog.open_in_background`), while the
+group join is still under way, so that the first assignment does not wait for it; the assignment
+waits only for what is left of that opening.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 
@@ -83,11 +88,36 @@ class HandoverLog:
         self._partitions: list[int] = []
         self.available = False
         self._undelivered = 0
+        self._admin: AdminClient | None = None
+        self._opener: threading.Thread | None = None
+
+    def open_in_background(self, timeout: float = 10.0) -> None:
+        """Start :meth:`open` in a thread; :meth:`ready` and :meth:`close` wait for it."""
+        self._opener = threading.Thread(target=self.open, args=(timeout,), name="omsd-handover-open", daemon=True)
+        self._opener.start()
+
+    def _opened(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a background opening; False if it is still under way."""
+        if self._opener is not None:
+            self._opener.join(timeout)
+            if self._opener.is_alive():
+                return False
+            self._opener = None
+        return True
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_config)
+        return self._admin
 
     def ready(self, timeout: float = 10.0) -> bool:
         """True when records can be read and written. Called when partitions are assigned (the broker
         has just answered): an unavailable topic is tried again then, and one in use is checked to be still
         there (a memory-only broker that restarted, or a deleted topic, has lost it and its records)."""
+        if not self._opened(timeout):
+            log.warning("handover topic still being opened; a partition's next owner may repeat files finished "
+                        "above its committed offset", topic=self.topic)
+            return False
         if self.available and not self._still_there(timeout):
             log.warning("handover topic is gone (deleted, or the broker restarted empty); creating it again",
                         topic=self.topic)
@@ -99,7 +129,7 @@ class HandoverLog:
 
     def _still_there(self, timeout: float) -> bool:
         try:
-            found = AdminClient(self._admin_config).list_topics(timeout=timeout).topics.get(self.topic)
+            found = self._admin_client().list_topics(timeout=timeout).topics.get(self.topic)
         except KafkaException:
             return True  # cannot tell now; publishing will say if it is not
         return found is not None and found.error is None and sorted(found.partitions) == self._partitions
@@ -118,7 +148,7 @@ class HandoverLog:
         return self.available
 
     def _ensure_topic(self, timeout: float) -> list[int]:
-        admin = AdminClient(self._admin_config)
+        admin = self._admin_client()
         # From the list of all topics: asking for this one by name would make a broker that auto-creates
         # topics create it, with its default partition count.
         found = admin.list_topics(timeout=timeout).topics.get(self.topic)
@@ -199,6 +229,8 @@ class HandoverLog:
             self._undelivered += 1
             log.warning("handover record not delivered", topic=self.topic, error=str(err))
 
-    def close(self) -> None:
-        self._producer.flush(5)
+    def close(self, timeout: float = 5.0) -> None:
+        if not self._opened(timeout):
+            return  # still waiting on the broker: its clients go with the process
+        self._producer.flush(timeout)
         self._reader.close()
