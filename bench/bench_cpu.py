@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from precompile import compile_sources
+
 REPO = Path(__file__).resolve().parent.parent
 SESSION_TIMEOUT_MS = 2000
 ITERATIONS = int(os.environ.get("BENCH_CPU_ITERATIONS", "7000000"))
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two readers N times; median ratio")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
+    compile_sources()
     if args.files is None:
         args.files = 16 if args.names == "uneven" else 12
     if args.iterations:

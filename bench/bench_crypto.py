@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from omsd.dev.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker  # noqa: E402
+from precompile import compile_sources  # noqa: E402
 from tests.crypto_support import provision  # noqa: E402
 
 PY = sys.executable
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=float, default=8.0)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep data, outputs and logs here")
     args = parser.parse_args()
+    compile_sources()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="omsd-bench-crypto-"))
     work.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(data_dir=work / "broker")

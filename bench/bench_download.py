@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from precompile import compile_sources  # noqa: E402
+
 SESSION_TIMEOUT_MS = 2000
 HEARTBEAT_INTERVAL_MS = 500
 CHUNK_SIZE = 524288  # OpenMSIStream's default
@@ -605,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_raw"]:
         bootstrap, topic, group, expected = argv[1:5]
         return raw_consumer_main(bootstrap, topic, group, int(expected))
-    run(parse_args(argv))
+    args = parse_args(argv)
+    compile_sources()
+    run(args)
     return 0
 
 

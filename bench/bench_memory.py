@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
 
+from precompile import compile_sources  # noqa: E402
 from bench_download import (  # noqa: E402
     CHUNK_SIZE, Verifier, generate, produce_omsd_format, start_omsd_download, stop_omsd, tail,
     write_omsd_config,
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep data, output and logs here")
     args = parser.parse_args(argv)
+    compile_sources()
 
     from omsd.dev.broker import EmbeddedBroker
 

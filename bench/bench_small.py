@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from precompile import compile_sources  # noqa: E402
 from bench_download import (  # noqa: E402
     HEARTBEAT_INTERVAL_MS, POLL_S, READERS, REPO, SESSION_TIMEOUT_MS, Profiler, SourceFile, Timing, Verifier,
     add_reader_options, chunk_stream, generate, process_cpu, produce_omsd_format, time_omsd, time_openmsistream,
@@ -318,7 +319,9 @@ def report(results: list[Result]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    compile_sources()
+    run(args)
     return 0
 
 

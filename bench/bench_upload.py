@@ -37,6 +37,7 @@ import psutil  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
 from omsd.dev.broker import EmbeddedBroker  # noqa: E402
+from precompile import compile_sources  # noqa: E402
 from omsd.kafka import PRODUCER_DEFAULTS  # noqa: E402
 from omsd.wire.protocol import DEFAULT_CHUNK_SIZE  # noqa: E402
 
@@ -185,6 +186,7 @@ def main() -> int:
                         help="compression.type for OpenMSIStream (its shipped configs use lz4)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temp dir)")
     args = parser.parse_args()
+    compile_sources()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="omsd-bench-"))
     data = work / "data"
