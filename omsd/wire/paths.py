@@ -37,11 +37,12 @@ def safe_relative_path(subdir_str: str, filename: str) -> PurePosixPath:
     ``subdir_str`` may be empty (a file at the upload root); otherwise it is a
     ``/``-separated list of plain directory names. ``filename`` is one plain name.
     """
-    return PurePosixPath(*_safe_parts(subdir_str, filename))
+    return PurePosixPath(*safe_parts(subdir_str, filename))
 
 
-def _safe_parts(subdir_str: str, filename: str) -> tuple[str, ...]:
-    """The components of ``subdir_str/filename`` once proven plain (see :func:`safe_relative_path`)."""
+def safe_parts(subdir_str: str, filename: str) -> tuple[str, ...]:
+    """The components of ``subdir_str/filename`` once proven plain: what :func:`safe_relative_path`
+    checks, without building a path."""
     if not isinstance(subdir_str, str) or not isinstance(filename, str):
         raise UnsafePathError("subdir_str and filename must be strings")
     if "/" in filename:
@@ -69,7 +70,7 @@ def _checked_subdir(subdir_str: str) -> tuple[str, ...]:
 def safe_path_under(root: os.PathLike[str] | str, subdir_str: str, filename: str) -> Path:
     """``root/subdir_str/filename``, refused (UnsafePathError) like :func:`safe_relative_path` and
     :func:`resolve_under` together would refuse it; the per-file path of the workers' steps."""
-    return _resolve_parts(root, _safe_parts(subdir_str, filename))
+    return _resolve_parts(root, safe_parts(subdir_str, filename))
 
 
 _RESOLVED_ROOTS: dict[str, Path] = {}

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 
 import msgpack
 
-from omsd.wire.paths import UnsafePathError, safe_relative_path
+from omsd.wire.paths import UnsafePathError, safe_parts
 from omsd.wire.unpack import parse_fields
 
 HASH_LEN = 64  # sha512 digest size
@@ -66,13 +66,22 @@ class Chunk:
 
 
 # Every chunk of a file names the same path: check it once (only safe paths are cached).
-_checked_path = functools.lru_cache(maxsize=4096)(safe_relative_path)
+_checked_path = functools.lru_cache(maxsize=4096)(safe_parts)
 
 
 @functools.lru_cache(maxsize=4096)
 def relative_path(subdir_str: str, filename: str) -> str:
-    """``subdir_str/filename``, posix style (asked for several times per chunk, hence cached)."""
-    return str(PurePosixPath(subdir_str, filename)) if subdir_str else filename
+    """``subdir_str/filename``, posix style (asked for several times per chunk, hence cached).
+
+    The plain join when it is already in the form ``PurePosixPath`` gives (always, for the checked names
+    of decoded chunks); the path object, which costs far more, only for anything else.
+    """
+    if not subdir_str:
+        return filename
+    joined = f"{subdir_str}/{filename}"
+    if "//" in joined or "/./" in joined or joined.startswith("./") or joined.endswith(("/", "/.")):
+        return str(PurePosixPath(subdir_str, filename))
+    return joined
 
 
 def message_prepend(subdir_str: str, filename: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgpack
@@ -15,7 +15,7 @@ from openmsistream.data_file_io.entity.data_file_chunk import DataFileChunk
 from openmsistream.kafka_wrapper.serialization import DataFileChunkSerializer
 
 from omsd.wire.paths import UnsafePathError, resolve_under, safe_relative_path
-from omsd.wire.protocol import EMPTY_SHA512, Chunk, ProtocolError, decode_chunk, encode_chunk
+from omsd.wire.protocol import EMPTY_SHA512, Chunk, ProtocolError, decode_chunk, encode_chunk, relative_path
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -221,3 +221,11 @@ def test_safe_relative_path_refuses_or_returns_a_plain_relative_path(subdir: str
     assert rel.name == filename
     # Nothing was silently normalised away: the path is exactly what the message said.
     assert str(rel) == (f"{subdir}/{filename}" if subdir else filename)
+
+
+@SETTINGS
+@given(subdir=path_texts | st.text(alphabet="./ab"), filename=path_texts | st.text(alphabet="./ab"))
+def test_relative_path_is_what_purepath_makes_of_the_two_names(subdir: str, filename: str) -> None:
+    # The plain join stands in for PurePosixPath only where both agree: for any pair of strings.
+    expected = str(PurePosixPath(subdir, filename)) if subdir else filename
+    assert relative_path.__wrapped__(subdir, filename) == expected
