@@ -180,7 +180,8 @@ def format_status(reply: dict[str, Any]) -> str:
     staging = reply.get("staging")
     if isinstance(staging, dict):
         out += [f"Staging: memory {human_bytes(staging.get('memory_used'))} of "
-                f"{human_bytes(staging.get('memory_budget'))}, spill "
+                f"{human_bytes(staging.get('memory_budget'))} (+{human_bytes(staging.get('memory_kept', 0))} kept "
+                f"for reuse), spill "
                 f"{human_bytes(staging.get('spill_used'))}, {_cell(staging.get('files'))} files",
                 ""]
     out += _section("Workers", reply.get("workers"), [

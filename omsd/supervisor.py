@@ -308,6 +308,7 @@ class Supervisor:
             if intake.decryptor is not None:
                 self.metrics.set_decryption(intake.group_id, intake.decryptor.store.count(), intake.decryptor.waiting())
         self.metrics.set_staging_bytes("memory", self.staging.memory_used)
+        self.metrics.set_staging_bytes("kept", self.staging.memory_kept)
         self.metrics.set_staging_bytes("spill", self.staging.spill_used)
         self.control.poll(0)
         self.status_board.serve(self.status)
@@ -427,6 +428,7 @@ class Supervisor:
         for intake in self.intakes:
             intake.assembler.discard_all()
         self.jobs.release_all()
+        self.staging.close()  # the segments kept for reuse too
         self.registry.close()
         self.control.close()
         self.metrics.stop_http()

@@ -7,7 +7,11 @@ written with ``pwrite`` at their offsets, so the supervisor never maps or
 copies whole files; workers open the same path read-only by name.
 
 The supervisor creates and unlinks every segment; workers only open and
-close. Staging files on the state directory's file system (spill files, and
+close. A released segment of a small file is kept (up to :data:`POOL_SEGMENTS` of
+them, counted in the memory budget as ``memory_kept``) and given to the next small file: a
+new segment costs a creation, fresh pages and an unlink, about three times what
+writing into a used one costs. A reused segment may be longer than its file; as
+for every staging file, only its first ``size`` bytes belong to the file. Staging files on the state directory's file system (spill files, and
 segments when there is no /dev/shm) leave ``reserve_bytes`` free there for the
 registry: a chunk that would eat into it raises :class:`StagingFull`, like a
 full disk, and intake pauses until space returns. Everything with this daemon's prefix is removed at start, since the
@@ -31,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "omsd-"
+POOL_SEGMENT_MAX = 256 << 10  # released segments up to this size are kept for reuse
+POOL_SEGMENTS = 64  # at most this many (so at most 16 MiB held)
 
 
 class StagingFull(OSError):
@@ -46,6 +52,7 @@ class StagedFile:
     reserved: int
     fd: int = -1
     size: int = 0
+    capacity: int = 0  # bytes the segment holds (a reused one may hold more than ``size``)
 
     def ref(self) -> dict:
         """What a worker needs to attach: path and length, never the bytes."""
@@ -65,10 +72,12 @@ class Staging:
         self.prefix = f"{SHM_PREFIX}{tag}-"
         self.shm_dir = shm_dir if shm_dir.is_dir() and os.access(shm_dir, os.W_OK) else Path(state_dir) / "shm"
         self.spill_dir = Path(state_dir) / "spill"
-        self.memory_used = 0
+        self.memory_used = 0  # bytes of files in staging, in memory
+        self.memory_kept = 0  # bytes of released segments kept for reuse
         self.spill_used = 0
         self.files = 0
         self._counter = 0
+        self._pool: list[StagedFile] = []  # released small segments, closed, counted in memory_kept
 
     def open(self) -> int:
         """Create the directories and remove stale segments; returns how many were removed."""
@@ -84,8 +93,9 @@ class Staging:
 
     def close(self) -> int:
         """Remove every staging file still left (files in flight are read again after a restart)."""
+        self._pool.clear()
         removed = self._remove_all()
-        self.memory_used = self.spill_used = self.files = 0
+        self.memory_used = self.memory_kept = self.spill_used = self.files = 0
         return removed
 
     def _remove_all(self) -> int:
@@ -101,6 +111,14 @@ class Staging:
 
     def allocate(self, estimated_size: int) -> StagedFile:
         """A new, empty staging file for a file of about ``estimated_size`` bytes."""
+        if self._pool:
+            if self.memory_used + self.memory_kept + estimated_size > self.memory_budget:
+                self._drain_pool()  # memory is short: kept segments go before anything spills
+            elif estimated_size <= POOL_SEGMENT_MAX:
+                reused = self._reuse()
+                if reused is not None:
+                    self.files += 1
+                    return reused
         self._counter += 1
         name = f"{self.prefix}{os.getpid()}-{self._counter}"
         if self.memory_used + estimated_size <= self.memory_budget:
@@ -149,9 +167,13 @@ class Staging:
             self._account(staged, end)
 
     def seal(self, staged: StagedFile) -> None:
-        """The file is complete: trim the reservation to its real size and close our descriptor."""
-        os.ftruncate(staged.fd, staged.size)
-        self._account(staged, staged.size)
+        """The file is complete: trim the reservation to its real size and close our descriptor.
+
+        A reused segment longer than the file keeps its length (and its pages, for the next file).
+        """
+        if staged.capacity <= staged.size:
+            os.ftruncate(staged.fd, staged.size)
+        self._account(staged, max(staged.size, staged.capacity))
         os.close(staged.fd)
         staged.fd = -1
 
@@ -169,17 +191,45 @@ class Staging:
         os.replace(tmp, destination)
 
     def release(self, staged: StagedFile) -> None:
-        """Give the staging space back: close, unlink, and update the budget."""
+        """Give the staging space back: close, then unlink (or keep a small segment for reuse)."""
         if staged.fd >= 0:
             os.close(staged.fd)
             staged.fd = -1
-        try:
-            os.unlink(staged.path)
-        except FileNotFoundError:
-            pass
-        self._account(staged, 0)
         self.files -= 1
+        held = max(staged.size, staged.capacity)
+        self._account(staged, 0)
+        if staged.kind == "shm" and held <= POOL_SEGMENT_MAX and len(self._pool) < POOL_SEGMENTS:
+            staged.capacity = held
+            self.memory_kept += held
+            self._pool.append(staged)
+            return
+        _unlink(staged.path)
+
+    def _reuse(self) -> StagedFile | None:
+        """A kept segment, open for writing, or None if it has gone (its memory is then given back)."""
+        staged = self._pool.pop()
+        self.memory_kept -= staged.capacity
+        try:
+            staged.fd = os.open(staged.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        staged.size = 0
+        self._account(staged, staged.capacity)
+        return staged
+
+    def _drain_pool(self) -> None:
+        while self._pool:
+            staged = self._pool.pop()
+            self.memory_kept -= staged.capacity
+            _unlink(staged.path)
 
     def snapshot(self) -> dict:
-        return {"memory_used": self.memory_used, "memory_budget": self.memory_budget,
+        return {"memory_used": self.memory_used, "memory_kept": self.memory_kept, "memory_budget": self.memory_budget,
                 "spill_used": self.spill_used, "files": self.files}
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

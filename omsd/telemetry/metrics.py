@@ -48,7 +48,7 @@ class Metrics:
             "omsd_consumer_lag", "Messages between the committed offset and the end of a partition.",
             ["topic", "partition"], registry=reg)
         self.staging_bytes = Gauge(
-            "omsd_staging_bytes", "Bytes held in staging, by kind (memory, spill).",
+            "omsd_staging_bytes", "Bytes held in staging, by kind (memory, kept: segments kept for reuse, spill).",
             ["kind"], registry=reg)
         self.undecryptable = Gauge(
             "omsd_undecryptable_messages", "Encrypted messages kept undecrypted in state_dir/undecryptable.",

@@ -67,10 +67,79 @@ def test_staging_spills_beyond_budget_and_releases(staging) -> None:
     with open(small.path, "rb") as handle:
         assert handle.read() == b"0123456789abc"
     assert staging.memory_used == 13
-    for staged in (small, big):
+    staging.release(big)
+    assert not os.path.exists(big.path)
+    staging.release(small)  # a small segment is kept for the next small file, still counted
+    assert os.path.exists(small.path)
+    assert staging.memory_used == 0 and staging.memory_kept == 13 and staging.spill_used == 0 and staging.files == 0
+    staging.close()
+    assert not os.path.exists(small.path) and staging.memory_kept == 0
+
+
+def test_a_released_small_segment_is_reused_and_only_its_first_size_bytes_are_the_file(staging) -> None:
+    first = staging.allocate(100)
+    staging.write(first, 0, b"x" * 100)
+    staging.seal(first)
+    staging.release(first)
+    second = staging.allocate(10)
+    assert second.path == first.path and second.kind == "shm" and second.size == 0
+    staging.write(second, 0, b"0123456789")
+    staging.seal(second)
+    assert second.size == 10
+    with open(second.path, "rb") as handle:
+        assert handle.read(second.size) == b"0123456789"  # what a worker reads: size bytes
+    assert os.path.getsize(second.path) == 100  # the segment keeps its pages for the next file
+    assert staging.memory_used == 100 and staging.memory_kept == 0 and staging.files == 1
+    third = staging.allocate(10)  # the kept one is in use: a new segment
+    assert third.path != second.path
+    os.close(third.fd)
+
+
+def test_kept_segments_are_bounded_and_large_ones_are_never_kept(staging) -> None:
+    from omsd.intake.staging import POOL_SEGMENT_MAX, POOL_SEGMENTS
+
+    small = [staging.allocate(1) for _ in range(POOL_SEGMENTS + 3)]
+    for staged in small:
+        staging.write(staged, 0, b"s")
+        staging.seal(staged)
+    for staged in small:
         staging.release(staged)
-        assert not os.path.exists(staged.path)
-    assert staging.memory_used == 0 and staging.spill_used == 0 and staging.files == 0
+    assert sum(os.path.exists(s.path) for s in small) == POOL_SEGMENTS
+    assert staging.memory_used == 0 and staging.memory_kept == POOL_SEGMENTS
+    large = Staging(staging.state_dir, memory_budget=4 * POOL_SEGMENT_MAX)
+    large.open()
+    try:
+        big = large.allocate(POOL_SEGMENT_MAX + 1)
+        large.write(big, 0, b"b" * (POOL_SEGMENT_MAX + 1))
+        large.seal(big)
+        large.release(big)
+        assert not os.path.exists(big.path) and large.memory_used == large.memory_kept == 0
+    finally:
+        large.close()
+
+
+def test_kept_segments_give_their_memory_back_before_anything_spills(tmp_path) -> None:
+    area = Staging(tmp_path / "state", memory_budget=1000)
+    area.open()
+    try:
+        kept = area.allocate(400)
+        area.write(kept, 0, b"k" * 400)
+        area.seal(kept)
+        area.release(kept)
+        assert area.memory_used == 0 and area.memory_kept == 400
+        roomy = area.allocate(900)  # fits only once the kept segment is gone
+        assert roomy.kind == "shm" and not os.path.exists(kept.path) and area.memory_kept == 0
+        os.close(roomy.fd)
+        gone = area.allocate(10)
+        area.write(gone, 0, b"g")
+        area.seal(gone)
+        area.release(gone)
+        os.unlink(gone.path)  # removed behind the daemon's back: the next file gets a new segment
+        fresh = area.allocate(10)
+        assert fresh.path != gone.path and os.path.exists(fresh.path)
+        os.close(fresh.fd)
+    finally:
+        area.close()
 
 
 def test_staging_removes_stale_segments_of_its_state_dir(tmp_path) -> None:
