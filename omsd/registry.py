@@ -78,6 +78,7 @@ _DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 # Below this much free space an I/O error is taken for a full disk, not damage: growing the WAL index
 # (SQLITE_IOERR_SHMSIZE), the WAL itself or opening either (SQLITE_CANTOPEN) fails that way.
 SPACE_NEEDED_BYTES = 1 << 20
+ABSENT_REMEMBERED = 4096  # content keys remembered as not registered (see Registry.find)
 _T = TypeVar("_T")
 
 
@@ -241,6 +242,10 @@ class Registry:
         self._wal = f"{path}-wal"
         self._synced_changes = -1
         self.syncs = 0
+        # Content looked up and not found. The daemon is the registry's only writer while it runs (the
+        # state-directory lock), and only register() inserts: a key stays absent until register() drops it
+        # here. Spares a new file its second lookup (intake asks first, register() then).
+        self._absent: dict[tuple[str, str, str], None] = {}
 
     def _classify(self, exc: sqlite3.DatabaseError) -> Exception:
         """The named exception for an SQLite error (the error itself when it is neither kind)."""
@@ -329,8 +334,15 @@ class Registry:
 
     @_guarded
     def find(self, topic: str, rel_path: str, sha512: str) -> FileRecord | None:
+        key = (topic, rel_path, sha512)
+        if key in self._absent:
+            return None
         row = self.db.execute(f"SELECT {self._COLS} FROM files WHERE topic=? AND rel_path=? AND sha512=?",
-                              (topic, rel_path, sha512)).fetchone()
+                              key).fetchone()
+        if row is None:
+            if len(self._absent) >= ABSENT_REMEMBERED:
+                del self._absent[next(iter(self._absent))]
+            self._absent[key] = None
         return self._file(row)
 
     @_guarded
@@ -357,6 +369,7 @@ class Registry:
         if existing is not None:
             return existing
         now = time.time()
+        self._absent.pop((topic, rel_path, sha512), None)
         with self.atomic():  # inside the caller's transaction the one INSERT is atomic by itself
             (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files WHERE topic=? AND rel_path=?",
                                         (topic, rel_path)).fetchone()

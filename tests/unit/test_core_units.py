@@ -219,6 +219,26 @@ def test_registry_sync_fsyncs_the_wal_once_per_batch_of_changes(tmp_path, monkey
     registry.close()
 
 
+def test_content_found_absent_is_found_once_registered_even_after_a_rolled_back_insert(tmp_path) -> None:
+    from omsd import registry as registry_module
+
+    registry = Registry(tmp_path / "r.sqlite")
+    assert registry.find("t", "new.bin", "cc") is None  # remembered as absent
+    assert not registry.is_finished("t", "new.bin", "cc", ["p"])
+    with pytest.raises(RuntimeError):
+        with registry.transaction():
+            registry.register("t", "new.bin", "cc", 3)
+            raise RuntimeError("the turn failed")  # rolled back: still absent
+    assert registry.find("t", "new.bin", "cc") is None
+    record = registry.register("t", "new.bin", "cc", 3)
+    assert record.new and registry.find("t", "new.bin", "cc").id == record.id
+    assert not registry.register("t", "new.bin", "cc", 3).new
+    for i in range(registry_module.ABSENT_REMEMBERED + 5):  # the memory of absent content is bounded
+        registry.find("t", f"gone-{i}", "dd")
+    assert len(registry._absent) == registry_module.ABSENT_REMEMBERED
+    registry.close()
+
+
 def test_registry_generations_and_outcomes(tmp_path) -> None:
     registry = Registry(tmp_path / "r.sqlite")
     one = registry.register("t", "a/b.txt", "aa", 10)
