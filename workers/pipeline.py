@@ -12,6 +12,7 @@ watchdog can tell a hung step from a slow one.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from workers.steps import build_step
 from workers.steps.base import OutboundMessage, Step, StepConfigError, StepContext, StepFailed
 
 log = structlog.get_logger(__name__)
+_per_file = logging.getLogger(__name__)  # asked before a per-file debug line: ~50 ns at info, not ~4 µs
 
 MAX_BACKOFF_S = 10.0
 MAX_ERROR_CHARS = 4000
@@ -171,22 +173,25 @@ class PipelineRunner:
         """
         done = set(done)
         ctx = StepContext(datafile=datafile, pipeline=self.name, topic=self.topic, state={})
-        bound = log.bind(pipeline=self.name, file=datafile.relative_filepath)
         for index, step in enumerate(self.steps):
             if index in done:
                 try:
                     step.restore(ctx)
                     continue
                 except Exception as exc:  # run it again rather than give up
-                    bound.warning("restoring a finished step failed; running it again",
-                                  step=index, kind=step.kind, error=_describe(exc))
-            outcome = self._run_step(index, step, ctx, bound, on_attempt)
+                    self._log(datafile).warning("restoring a finished step failed; running it again",
+                                                step=index, kind=step.kind, error=_describe(exc))
+            outcome = self._run_step(index, step, ctx, on_attempt)
             on_step(outcome)
             if outcome.status != "done":
                 return False
         return True
 
-    def _run_step(self, index: int, step: Step, ctx: StepContext, bound: Any,
+    def _log(self, datafile: DataFile) -> Any:
+        """A logger bound to this pipeline and file (bound only when there is something to say)."""
+        return log.bind(pipeline=self.name, file=datafile.relative_filepath)
+
+    def _run_step(self, index: int, step: Step, ctx: StepContext,
                   on_attempt: Callable[[int, Step, int], None] | None = None) -> StepOutcome:
         started = time.monotonic()
         error: str | None = None
@@ -200,7 +205,7 @@ class PipelineRunner:
             except Exception as exc:
                 error = _describe(exc)
                 final = attempt == self.retries or isinstance(exc, NOT_RETRIED)
-                bound.warning(
+                self._log(ctx.datafile).warning(
                     "step failed" if final else "step failed; retrying",
                     step=index, kind=step.kind, attempt=attempts, error=error,
                     traceback=None if not final or isinstance(exc, (StepFailed, *NOT_RETRIED))
@@ -211,6 +216,8 @@ class PipelineRunner:
                 time.sleep(self.backoff(attempt))
                 continue
             duration = time.monotonic() - started
-            bound.debug("step done", step=index, kind=step.kind, attempts=attempts, duration_s=round(duration, 3))
+            if _per_file.isEnabledFor(logging.DEBUG):
+                self._log(ctx.datafile).debug("step done", step=index, kind=step.kind, attempts=attempts,
+                                              duration_s=round(duration, 3))
             return StepOutcome(self.name, index, step.kind, "done", attempts, None, messages, duration)
         return StepOutcome(self.name, index, step.kind, "failed", attempts, error, [], time.monotonic() - started)
