@@ -8,7 +8,7 @@ import time
 
 import workers.durability as durability
 import workers.outbox as outbox_module
-from workers.messages import FileResult, MessageKind, ResultStatus, StepFinished, StepStatus
+from workers.messages import FileResult, MessageKind, ResultStatus, StepFinished, StepStarted, StepStatus
 from workers.outbox import Outbox
 
 
@@ -95,6 +95,28 @@ def test_a_report_held_while_the_worker_is_busy_is_sent_by_itself(monkeypatch) -
     while not sent and time.monotonic() < deadline:
         time.sleep(0.005)
     assert [m.task_id for m in sent] == [4]
+    box.close()
+
+
+def test_an_attempt_announced_and_finished_in_one_group_is_not_announced(monkeypatch) -> None:
+    monkeypatch.setattr(outbox_module, "FLUSH_AFTER_S", 0.01)
+    sent: list = []
+    box = Outbox(sent.append)
+
+    def started(task_id: int, index: int = 0) -> StepStarted:
+        return StepStarted(task_id=task_id, pipeline="p", index=index, step="save", attempt=1, limit_s=None)
+
+    # File 1's step started and finished; file 2's second step is still running when the group goes.
+    for message in (started(1), step(1), result(1), started(2), step(2), started(2, index=1)):
+        box.put(message)
+    box.flush()
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.005)
+    reports = [m for message in sent for m in _unpack(message)]
+    assert [(m.kind, m.task_id, getattr(m, "index", None)) for m in reports] == [
+        (MessageKind.STEP, 1, 0), (MessageKind.RESULT, 1, None), (MessageKind.STEP, 2, 0),
+        (MessageKind.STEP_STARTED, 2, 1)]  # the watchdog still times the step that goes on
     box.close()
 
 
