@@ -248,6 +248,17 @@ class DataFile:
         """Drop the cached :attr:`bytestring`, if any."""
         self._bytestring = None
 
+    def hold_verified(self, content: bytes) -> None:
+        """The file's whole content, already read and verified by the worker: kept as :attr:`bytestring`."""
+        if len(content) != self._size:
+            raise ValueError(f"{len(content)} bytes held for a file of {self._size}")
+        self._bytestring = content
+
+    @property
+    def content_in_memory(self) -> bytes | None:
+        """The whole content if this process holds it already (see :meth:`hold_verified`), else None."""
+        return self._bytestring
+
     # ---- copies written ahead of verification (the save step's prepare) ----
 
     def add_prepared(self, target: Path, temp: Path, root: str | None = None) -> None:

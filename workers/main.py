@@ -48,11 +48,7 @@ def file_sha512(path: str, size: int) -> bytes:
     copy into this process; the GIL is released while hashing).
     """
     if size <= READ_HASH_MAX:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return hashlib.sha512(os.pread(fd, size, 0)).digest()  # shorter at the file's end: no match
-        finally:
-            os.close(fd)
+        return hashlib.sha512(read_staged(path, size)).digest()  # shorter at the file's end: no match
     digest = hashlib.sha512()
 
     def visit(_offset: int, view: memoryview) -> None:
@@ -62,6 +58,15 @@ def file_sha512(path: str, size: int) -> bytes:
     with open(path, "rb", buffering=0) as handle:
         for_each_window(handle.fileno(), size, visit)
     return digest.digest()
+
+
+def read_staged(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a staged file, in one ``pread`` (fewer at the file's end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
 
 
 def bad_chunks(path: str, chunks: Any) -> list[int]:
@@ -103,7 +108,11 @@ def process(task: FileTask, runners: dict[str, Any], send: Any, saved: Any = Non
     datafile = DataFile(staged_path=task.path, size=task.size, subdir_str=meta.subdir_str,
                         filename=meta.filename, file_hash=meta.file_hash, file_mtime=meta.file_mtime,
                         topic=meta.topic, filename_append=meta.filename_append)
-    if task.size <= INLINE_HASH_MAX:
+    content: bytes | None = None
+    if task.size <= min(INLINE_HASH_MAX, READ_HASH_MAX):  # read once: hashed, then given to the steps
+        content = read_staged(task.path, task.size)
+        actual = hashlib.sha512(content).digest()
+    elif task.size <= INLINE_HASH_MAX:
         actual = file_sha512(task.path, task.size)
     else:
         hashing = _hasher().submit(file_sha512, task.path, task.size)
@@ -123,6 +132,8 @@ def process(task: FileTask, runners: dict[str, Any], send: Any, saved: Any = Non
         detail = f"chunks {bad} do not match their hashes" if bad else "every chunk matches its own hash"
         return FileResult(task_id=task.task_id, status=ResultStatus.HASH_MISMATCH, bad_chunks=tuple(bad),
                           error=f"whole-file sha512 mismatch ({task.size} bytes assembled; {detail})")
+    if content is not None:
+        datafile.hold_verified(content)  # steps read it, and save writes it, from memory
     results: dict[str, bool] = {}
     try:
         for name in task.pipelines:

@@ -58,6 +58,22 @@ def test_save_writes_content_subdirs_and_mtime(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["a.dat"]  # no temp file left
 
 
+def test_save_writes_a_small_file_the_worker_holds_from_memory(tmp_path: Path) -> None:
+    content = os.urandom(5000)
+    df = make_datafile(tmp_path / "stage", content)
+    with pytest.raises(ValueError):
+        df.hold_verified(content[:-1])  # only the whole content may be held
+    df.hold_verified(content)
+    assert df.content_in_memory == content and df.bytestring == content
+    os.unlink(df.staged_path)  # from here on only the held bytes can be written
+    target = save_datafile(df, tmp_path / "out")
+    assert target.read_bytes() == content
+    assert target.stat().st_mtime == pytest.approx(MTIME, abs=1e-3)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.dat"]
+    df.release()
+    assert df.content_in_memory is None
+
+
 def test_save_overwrites_the_partial_copy_of_a_killed_save(tmp_path: Path) -> None:
     """A worker killed mid-save leaves its temporary copy; saving the file again leaves only the file."""
     content = os.urandom(50_000)

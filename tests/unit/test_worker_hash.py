@@ -44,6 +44,28 @@ def test_file_sha512_reads_a_small_file_at_once_and_ignores_trailing_bytes(tmp_p
     assert worker.file_sha512(str(path), size) == hashlib.sha512(data).digest()
 
 
+def test_a_small_file_is_read_once_and_its_verified_bytes_given_to_the_steps(tmp_path, monkeypatch) -> None:
+    content = os.urandom(3000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(content + b"trailing")
+    seen = []
+    monkeypatch.setattr(worker, "read_staged", lambda path, size: seen.append((path, size)) or content)
+    out = tmp_path / "out"
+    result = worker.process(_task(staged, content, hashlib.sha512(content).digest()), _runner(out), lambda m: None)
+    assert result.status is ResultStatus.OK
+    assert seen == [(str(staged), len(content))]  # one read, for the hash and the save
+    assert (out / "run" / "a.dat").read_bytes() == content
+
+
+def test_a_small_file_that_fails_its_hash_gives_no_bytes_to_any_step(tmp_path) -> None:
+    content = os.urandom(3000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(content)
+    out = tmp_path / "out"
+    result = worker.process(_task(staged, content, hashlib.sha512(b"other").digest()), _runner(out), lambda m: None)
+    assert result.status is ResultStatus.HASH_MISMATCH and not out.exists()
+
+
 # -- process(): the first step works ahead while the file is hashed ------------------------------------
 
 def _task(staged, content: bytes, file_hash: bytes, done: dict | None = None) -> FileTask:

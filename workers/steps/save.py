@@ -15,7 +15,8 @@ memory, and no CPU time goes into copying them into the page cache (on a small
 machine that copy costs about half as much CPU as the sha512). Where the file
 system refuses direct I/O, or with ``direct_io: false``, the bytes are copied
 through the page cache (``copy_file_range`` or ``sendfile`` where the kernel
-allows, plain reads and writes otherwise).
+allows, plain reads and writes otherwise). A small file whose bytes the worker
+read for its hash (:meth:`DataFile.hold_verified`) is written from them.
 """
 
 from __future__ import annotations
@@ -169,8 +170,27 @@ def _checked_target(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
     return target
 
 
+def write_from_memory(content: bytes, temp: Path) -> None:
+    """Write ``content`` into a new file ``temp`` through the page cache (not fsynced)."""
+    dst = os.open(temp, _WRITE_FLAGS, 0o666)
+    try:
+        view, written = memoryview(content), 0
+        while written < len(view):
+            written += os.write(dst, view[written:])
+    finally:
+        os.close(dst)
+
+
 def _write_temp(datafile: DataFile, temp: Path, direct_io: bool) -> None:
     """Fill ``temp`` with the file's bytes (removed again if that fails)."""
+    content = datafile.content_in_memory  # a small file the worker has read already
+    if content is not None and not (direct_io and datafile.size >= DIRECT_MIN):
+        try:
+            write_from_memory(content, temp)
+        except BaseException:
+            _remove(temp)
+            raise
+        return
     src = os.open(datafile.staged_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if not (direct_io and datafile.size >= DIRECT_MIN and write_direct(src, temp, datafile.size)):
