@@ -37,6 +37,7 @@ from omsd.telemetry.progress import ProgressLog, total_lag
 from omsd.telemetry.statuspage import StatusBoard
 from omsd.dispatch.queue import DispatchPolicy
 from omsd.dispatch.pool import WorkerBootError, WorkerPool
+from omsd.heap import settle_heap
 from omsd.registry import Registry, RegistryDamaged
 from omsd.statewrites import StateWrites, is_no_space
 from omsd.intake.staging import Staging
@@ -134,6 +135,7 @@ class Supervisor:
             self.control.start()
         if self.log_handler is not None:
             self.log_handler.install()
+        settle_heap()  # while the group join runs
         self._move_to(DaemonState.RUNNING)
         log.info("omsd started", pid=os.getpid(), workers=cfg.workers,
                  pipelines=[p.name for p in cfg.pipelines], groups=list(self.groups))

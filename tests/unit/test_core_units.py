@@ -260,3 +260,21 @@ def test_registry_generations_and_outcomes(tmp_path) -> None:
     # Durable: a new connection sees everything.
     again = Registry(tmp_path / "r.sqlite")
     assert again.find("t", "a/b.txt", "bb").generation == 2
+
+
+def test_settling_the_heap_freezes_start_up_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from omsd.heap import GEN0_THRESHOLD, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == (GEN0_THRESHOLD, *before[1:])
+        cycle: list = []
+        cycle.append(cycle)  # cyclic garbage made after start-up is still collected
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
