@@ -78,7 +78,7 @@ _DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 # Below this much free space an I/O error is taken for a full disk, not damage: growing the WAL index
 # (SQLITE_IOERR_SHMSIZE), the WAL itself or opening either (SQLITE_CANTOPEN) fails that way.
 SPACE_NEEDED_BYTES = 1 << 20
-ABSENT_REMEMBERED = 4096  # content keys remembered as not registered (see Registry.find)
+ABSENT_REMEMBERED = 4096  # paths remembered with content they do not have (see Registry.find)
 _T = TypeVar("_T")
 
 
@@ -242,10 +242,11 @@ class Registry:
         self._wal = f"{path}-wal"
         self._synced_changes = -1
         self.syncs = 0
-        # Content looked up and not found. The daemon is the registry's only writer while it runs (the
-        # state-directory lock), and only register() inserts: a key stays absent until register() drops it
-        # here. Spares a new file its second lookup (intake asks first, register() then).
-        self._absent: dict[tuple[str, str, str], None] = {}
+        # Paths looked up for content they do not have: (topic, rel_path) -> (their latest generation then,
+        # the sha512s not found). The daemon is the registry's only writer while it runs (the state-directory
+        # lock) and only register() inserts, dropping its path here first: what is remembered stays true.
+        # A new file is then looked up once (intake asks first) and register() only inserts.
+        self._absent: dict[tuple[str, str], tuple[int, set[str]]] = {}
 
     def _classify(self, exc: sqlite3.DatabaseError) -> Exception:
         """The named exception for an SQLite error (the error itself when it is neither kind)."""
@@ -334,16 +335,19 @@ class Registry:
 
     @_guarded
     def find(self, topic: str, rel_path: str, sha512: str) -> FileRecord | None:
-        key = (topic, rel_path, sha512)
-        if key in self._absent:
+        path = (topic, rel_path)
+        known = self._absent.get(path)
+        if known is not None and sha512 in known[1]:
             return None
-        row = self.db.execute(f"SELECT {self._COLS} FROM files WHERE topic=? AND rel_path=? AND sha512=?",
-                              key).fetchone()
-        if row is None:
-            if len(self._absent) >= ABSENT_REMEMBERED:
-                del self._absent[next(iter(self._absent))]
-            self._absent[key] = None
-        return self._file(row)
+        latest, file_id = self.db.execute(
+            "SELECT COALESCE(MAX(generation), 0), MAX(CASE WHEN sha512=? THEN id END) FROM files "
+            "WHERE topic=? AND rel_path=?", (sha512, topic, rel_path)).fetchone()
+        if file_id is not None:
+            return self.get(file_id)
+        if known is None and len(self._absent) >= ABSENT_REMEMBERED:
+            del self._absent[next(iter(self._absent))]
+        self._absent[path] = (latest, (known[1] if known is not None else set()) | {sha512})
+        return None
 
     @_guarded
     def get(self, file_id: int) -> FileRecord | None:
@@ -369,10 +373,13 @@ class Registry:
         if existing is not None:
             return existing
         now = time.time()
-        self._absent.pop((topic, rel_path, sha512), None)
+        known = self._absent.pop((topic, rel_path), None)  # the path's latest generation, just looked up
         with self.atomic():  # inside the caller's transaction the one INSERT is atomic by itself
-            (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files WHERE topic=? AND rel_path=?",
-                                        (topic, rel_path)).fetchone()
+            if known is not None:
+                latest = known[0]
+            else:
+                (latest,) = self.db.execute("SELECT COALESCE(MAX(generation), 0) FROM files "
+                                            "WHERE topic=? AND rel_path=?", (topic, rel_path)).fetchone()
             row_id = self.db.execute(
                 "INSERT INTO files (topic, rel_path, generation, sha512, size, status, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, 'processing', ?, ?)", (topic, rel_path, latest + 1, sha512, size, now, now)

@@ -233,6 +233,12 @@ def test_content_found_absent_is_found_once_registered_even_after_a_rolled_back_
     record = registry.register("t", "new.bin", "cc", 3)
     assert record.new and registry.find("t", "new.bin", "cc").id == record.id
     assert not registry.register("t", "new.bin", "cc", 3).new
+    # Two new contents of one path looked up before either is registered: generations still follow.
+    assert registry.find("t", "new.bin", "c2") is None and registry.find("t", "new.bin", "c3") is None
+    assert registry.register("t", "new.bin", "c2", 3).generation == 2
+    assert registry.find("t", "new.bin", "c3") is None
+    assert registry.register("t", "new.bin", "c3", 3).generation == 3
+    assert [registry.find("t", "new.bin", sha).generation for sha in ("cc", "c2", "c3")] == [1, 2, 3]
     for i in range(registry_module.ABSENT_REMEMBERED + 5):  # the memory of absent content is bounded
         registry.find("t", f"gone-{i}", "dd")
     assert len(registry._absent) == registry_module.ABSENT_REMEMBERED
