@@ -24,7 +24,9 @@ from omsd.wire.unpack import parse_fields
 HASH_LEN = 64  # sha512 digest size
 DEFAULT_CHUNK_SIZE = 524288
 DEFAULT_MAX_FILE_SIZE = 1 << 40  # 1 TiB
-COPY_DECODE_MAX = 128 << 10  # values up to this size are decoded by msgpack (data copied), larger ones in place
+# Values up to this size are decoded by msgpack (data copied), larger ones in place: msgpack takes 0.5 µs for 1–4 KiB,
+# 5 µs for 16–64 KiB and 12 µs for 64–128 KiB; the in-place parser 4–5 µs whatever the size.
+COPY_DECODE_MAX = 32 << 10
 EMPTY_SHA512 = hashlib.sha512(b"").digest()
 
 
