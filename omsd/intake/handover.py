@@ -230,7 +230,9 @@ class HandoverLog:
             log.warning("handover record not delivered", topic=self.topic, error=str(err))
 
     def close(self, timeout: float = 5.0) -> None:
-        if not self._opened(timeout):
-            return  # still waiting on the broker: its clients go with the process
+        """Deliver what was published and close the clients; at once if the opening still waits on the
+        broker (nothing was published then, and its clients go with the process)."""
+        if not self._opened(0):
+            return
         self._producer.flush(timeout)
         self._reader.close()
