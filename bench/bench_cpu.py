@@ -41,8 +41,6 @@ import threading
 import time
 from pathlib import Path
 
-from precompile import compile_sources
-
 REPO = Path(__file__).resolve().parent.parent
 SESSION_TIMEOUT_MS = 2000
 ITERATIONS = int(os.environ.get("BENCH_CPU_ITERATIONS", "7000000"))
@@ -280,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two readers N times; median ratio")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
+    from precompile import compile_sources  # here: the daemon imports this module for its step, without bench/
+
     compile_sources()
     if args.files is None:
         args.files = 16 if args.names == "uneven" else 12
