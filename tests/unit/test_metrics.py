@@ -76,3 +76,25 @@ def test_http_can_stop_and_double_start_is_refused(metrics):
     metrics.stop_http()
     with pytest.raises(OSError):
         _scrape(port)
+
+
+def test_prometheus_client_is_imported_only_to_render_or_serve() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import omsd.supervisor; from omsd.telemetry.metrics import Metrics; m = Metrics(); "
+            "m.file_completed('p', 1); m.observe_step('p', 'save', 0.01); "
+            "assert 'prometheus_client' not in sys.modules, 'imported at start-up'; "
+            "assert b'omsd_files_completed_total{pipeline=\"p\"} 1.0' in m.render()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_step_time_lands_in_the_first_bucket_whose_bound_is_not_below_it(metrics):
+    for seconds in (0.005, 0.0051, 700.0):
+        metrics.observe_step("p", "call", seconds)
+    text = metrics.render().decode()
+    assert 'omsd_step_duration_seconds_bucket{le="0.005",pipeline="p",step="call"} 1.0' in text
+    assert 'omsd_step_duration_seconds_bucket{le="0.01",pipeline="p",step="call"} 2.0' in text
+    assert 'omsd_step_duration_seconds_bucket{le="600.0",pipeline="p",step="call"} 2.0' in text
+    assert 'omsd_step_duration_seconds_bucket{le="+Inf",pipeline="p",step="call"} 3.0' in text
+    assert 'omsd_step_duration_seconds_sum{pipeline="p",step="call"} 700.0101' in text
