@@ -27,6 +27,24 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 Labels = tuple[str, ...]
 
+# kind, name, help, label names; in the order of Metrics' attributes of the same names.
+FAMILIES: tuple[tuple[str, str, str, Labels], ...] = (
+    ("counter", "omsd_files_completed_total", "Files that finished every step of a pipeline.", ("pipeline",)),
+    ("counter", "omsd_files_failed_total", "Files marked failed in a pipeline.", ("pipeline",)),
+    ("counter", "omsd_bytes_completed_total", "Bytes of files that finished a pipeline.", ("pipeline",)),
+    ("counter", "omsd_worker_restarts_total", "Worker processes restarted after dying.", ("slot",)),
+    ("counter", "omsd_messages_rejected_total", "Kafka messages rejected, by reason.", ("reason",)),
+    ("gauge", "omsd_consumer_lag", "Messages between the committed offset and the end of a partition.",
+     ("topic", "partition")),
+    ("gauge", "omsd_staging_bytes", "Bytes held in staging, by kind (memory, kept: segments kept for reuse, spill).",
+     ("kind",)),
+    ("gauge", "omsd_undecryptable_messages", "Encrypted messages kept undecrypted in state_dir/undecryptable.",
+     ("group",)),
+    ("gauge", "omsd_messages_waiting_for_keys", "Encrypted messages held back while their key is requested.",
+     ("group",)),
+    ("histogram", "omsd_step_duration_seconds", "Time one pipeline step took for one file.", ("pipeline", "step")),
+)
+
 
 class Family:
     """One metric: its values by label values. ``kind``: counter, gauge or histogram."""
@@ -92,31 +110,10 @@ class Metrics:
     """The daemon's counters, gauges and histograms."""
 
     def __init__(self) -> None:
-        self.files_completed = Family("counter", "omsd_files_completed_total",
-                                      "Files that finished every step of a pipeline.", ("pipeline",))
-        self.files_failed = Family("counter", "omsd_files_failed_total", "Files marked failed in a pipeline.",
-                                   ("pipeline",))
-        self.bytes_completed = Family("counter", "omsd_bytes_completed_total",
-                                      "Bytes of files that finished a pipeline.", ("pipeline",))
-        self.worker_restarts = Family("counter", "omsd_worker_restarts_total",
-                                      "Worker processes restarted after dying.", ("slot",))
-        self.messages_rejected = Family("counter", "omsd_messages_rejected_total",
-                                        "Kafka messages rejected, by reason.", ("reason",))
-        self.consumer_lag = Family("gauge", "omsd_consumer_lag",
-                                   "Messages between the committed offset and the end of a partition.",
-                                   ("topic", "partition"))
-        self.staging_bytes = Family("gauge", "omsd_staging_bytes",
-                                    "Bytes held in staging, by kind (memory, kept: segments kept for reuse, spill).",
-                                    ("kind",))
-        self.undecryptable = Family("gauge", "omsd_undecryptable_messages",
-                                    "Encrypted messages kept undecrypted in state_dir/undecryptable.", ("group",))
-        self.waiting_for_keys = Family("gauge", "omsd_messages_waiting_for_keys",
-                                       "Encrypted messages held back while their key is requested.", ("group",))
-        self.step_duration = Family("histogram", "omsd_step_duration_seconds",
-                                    "Time one pipeline step took for one file.", ("pipeline", "step"))
-        self.families = [self.files_completed, self.files_failed, self.bytes_completed, self.worker_restarts,
-                         self.messages_rejected, self.consumer_lag, self.staging_bytes, self.undecryptable,
-                         self.waiting_for_keys, self.step_duration]
+        self.families = [Family(*definition) for definition in FAMILIES]
+        (self.files_completed, self.files_failed, self.bytes_completed, self.worker_restarts,
+         self.messages_rejected, self.consumer_lag, self.staging_bytes, self.undecryptable,
+         self.waiting_for_keys, self.step_duration) = self.families
         self.history = History()  # the last 15 minutes per pipeline, for the status page
         self._registry: Any = None
         self._server: Any = None
