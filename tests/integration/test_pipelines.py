@@ -335,10 +335,13 @@ def test_cpu_bound_call_runs_on_two_worker_processes_at_once(broker, topic, tmp_
     by_pid: dict[int, list[dict]] = {}
     for r in done:
         by_pid.setdefault(r["pid"], []).append(r)
-    assert set(by_pid) == worker_pids and all(len(rs) == 2 for rs in by_pid.values())
+    # Both workers analysed files. With balanced dispatch the split need not be 2/2: a worker that finishes
+    # first may take a file waiting for the other slot (its path has nothing in flight).
+    assert set(by_pid) == worker_pids and sum(len(rs) for rs in by_pid.values()) == len(files)
     work = {pid: sum(r["cpu_s"] for r in rs) for pid, rs in by_pid.items()}
+    one_file = min(r["cpu_s"] for r in done)
     for pid in worker_pids:
-        assert work[pid] > 0.5  # each worker did real CPU work ...
+        assert work[pid] >= one_file > 0.2  # each worker did real CPU work ...
         assert cpu_used[pid] >= work[pid] - 0.05  # ... which the OS accounts to that worker process
     # total CPU of the workers is the work done plus little overhead (no busy-waiting, no duplicated work)
     assert sum(work.values()) - 0.1 <= sum(cpu_used.values()) <= sum(work.values()) * 1.25 + 1.0
