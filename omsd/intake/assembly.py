@@ -40,6 +40,13 @@ class FileAssembly:
     repairs: int = 0
     # chunk_i → (offset in file, length, claimed sha512, partition, message offset)
     chunk_index: dict[int, tuple[int, int, bytes, int, int]] = field(default_factory=dict)
+    # Fixed by the first chunk, and asked for several times per file on the per-file path: set once.
+    relative_path: str = field(init=False)
+    key: FileKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.relative_path = self.chunk.relative_path
+        self.key = (self.topic, self.relative_path, self.chunk.file_hash)
 
     def chunk_table(self) -> list[tuple[int, int, int, bytes]]:
         """(chunk_i, offset, length, sha512) of every chunk: what a worker needs to find a bad one."""
@@ -49,14 +56,6 @@ class FileAssembly:
         """Where chunk ``chunk_i`` was read from: ((topic, partition), offset)."""
         entry = self.chunk_index.get(chunk_i)
         return ((self.topic, entry[3]), entry[4]) if entry else None
-
-    @property
-    def key(self) -> FileKey:
-        return (self.topic, self.chunk.relative_path, self.chunk.file_hash)
-
-    @property
-    def relative_path(self) -> str:
-        return self.chunk.relative_path
 
     @property
     def n_total(self) -> int:

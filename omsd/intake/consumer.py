@@ -262,11 +262,12 @@ class Intake:
         return bool(pipelines) and not self._already_finished(key, pipelines)
 
     def _stage(self, msg: Message, tp: TopicPartitionKey, chunk: Chunk, late: bool = False) -> FileAssembly | None:
-        pipelines = self.pipelines_for(tp[0], chunk.relative_path)
+        relative_path = chunk.relative_path
+        pipelines = self.pipelines_for(tp[0], relative_path)
         if not pipelines:
             self.watermarks.finished(tp, msg.offset())
             return None  # no pipeline wants this file: committed past, never staged
-        key = (tp[0], chunk.relative_path, chunk.file_hash)
+        key = (tp[0], relative_path, chunk.file_hash)
         if key in self.processing:
             return None  # a late duplicate of a file the workers already have
         assembly = self.assembler.files.get(key)
