@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from inotify_watch import TreeWatch  # noqa: E402
 from precompile import compile_sources  # noqa: E402
 
 SESSION_TIMEOUT_MS = 2000
@@ -175,13 +176,16 @@ def raw_consumer_main(bootstrap: str, topic: str, group_id: str, expected_messag
 class Verifier:
     """Watches an output directory and says when every file was complete with the source's content.
 
-    :meth:`observe` is cheap (one ``stat`` per pending file) and remembers when each version of a
-    file (size, mtime, inode) was first seen at the source's size. :meth:`verify` hashes the newest
+    :meth:`observe` is cheap and remembers when each version of a file (size, mtime, inode) was first
+    seen at the source's size: with inotify (Linux) it ``stat``-s only the files named by events since
+    the previous round (and lists the directories every ``recheck_every`` rounds), otherwise it lists
+    each directory every round. :meth:`verify` hashes the newest
     version seen, and a file counts as complete from the moment that version was first seen, provided
     its sha512 matches the source's and the file did not change while it was hashed. The hashing
     therefore waits until every file has been seen at full size and may finish after the program did,
     without adding to the measured time. (A program that writes a file in place can reach the full
     size before the last write; the version seen then fails the hash, and the final one counts.)
+    :meth:`close` releases the inotify descriptor.
     """
 
     def __init__(self, out_dir: Path, files: list[SourceFile], recheck_every: int = 1) -> None:
@@ -191,15 +195,22 @@ class Verifier:
         self.complete_at: dict[str, float] = {}
         self.tried: dict[str, tuple[int, int, int]] = {}
         self.lock = threading.Lock()
-        # Files already seen at full size are looked at again only every ``recheck_every`` rounds (a later
-        # version is then noticed up to that many rounds late): with thousands of files, a stat of each one
-        # every round would take the CPU the program under test needs.
+        # Files already seen at full size are looked at again only when an event names them and, as a
+        # safety net (or without inotify: only), every ``recheck_every`` rounds (a later version is then
+        # noticed up to that many rounds late): with thousands of files, a stat of each one every round
+        # would take the CPU the program under test needs.
         self.recheck_every = max(1, recheck_every)
         self._rounds = 0
         self._by_dir: dict[Path, dict[str, str]] = {}  # directory -> {file name: relative path}
         for rel in self.pending:
             path = out_dir / rel
             self._by_dir.setdefault(path.parent, {})[path.name] = rel
+        # The watch's paths are normalised ("a/b"); the sources' relative paths are looked up through this.
+        self._by_event_path = {os.path.normpath(rel): rel for rel in self.pending}
+        self._watch: TreeWatch | None = None
+        # False without inotify, after close(), or when every round lists anyway (recheck_every 1).
+        self._inotify = self.recheck_every > 1
+        self._observing = threading.Lock()  # one observe() at a time: the watch is not thread-safe
 
     def _stamp(self, rel: str) -> tuple[int, int, int] | None:
         try:
@@ -208,16 +219,65 @@ class Verifier:
             return None
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
+    def close(self) -> None:
+        """Stop watching (observe() lists directories from then on)."""
+        with self._observing:
+            self._inotify = False
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
     def observe(self) -> None:
         """Note the time at which each file's current version was first seen at full size.
 
-        Each directory is listed, and only the files it holds are ``stat``-ed (a missing file costs nothing).
+        The first round (and one after the kernel dropped events) lists each directory and ``stat``-s
+        only the files it holds (a missing file costs nothing); later rounds ``stat`` only the files
+        still awaited that inotify events named, except every ``recheck_every``-th round, which lists
+        again as a safety net.
         """
         now = time.monotonic()
-        self._rounds += 1
-        recheck = self._rounds % self.recheck_every == 0
-        with self.lock:
-            skip = set(self.complete_at) if recheck else set(self.complete_at) | set(self.seen)
+        with self._observing:
+            self._rounds += 1
+            recheck = self._rounds % self.recheck_every == 0
+            changed, lost = self._changes()
+            if changed is None or recheck:
+                with self.lock:
+                    skip = set(self.complete_at) if recheck or lost else set(self.complete_at) | set(self.seen)
+                self._scan(skip, now)
+                return
+            # Any event may mean a new version, of a file already seen too: all but the complete ones.
+            with self.lock:
+                wanted = [rel for rel in map(self._by_event_path.get, changed)
+                          if rel is not None and rel not in self.complete_at]
+            for rel in wanted:
+                try:
+                    st = os.stat(self.out_dir / rel)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                self._note(rel, st, now)
+
+    def _changes(self) -> tuple[set[str] | None, bool]:
+        """(the paths named by events since the last round, or None to list every directory; whether
+        events were lost, so that files already seen must be looked at again too)."""
+        if self._watch is None:
+            if self._inotify:
+                try:
+                    # Made before this round's listing, so that whatever changes after the listing
+                    # looked at a file makes an event.
+                    self._watch = TreeWatch(self.out_dir)
+                except OSError:
+                    self._inotify = False
+            return None, False
+        try:
+            changes = self._watch.changed()
+        except OSError:  # e.g. out of watches (fs.inotify.max_user_watches): list directories from now on
+            self._watch.close()
+            self._watch, self._inotify = None, False
+            return None, True
+        return (None, True) if changes.overflow else (changes.paths, False)
+
+    def _scan(self, skip: set[str], now: float) -> None:
+        """List each directory and ``stat`` the awaited files in it that are not in ``skip``."""
         for directory, names in self._by_dir.items():
             try:
                 entries = os.scandir(directory)
@@ -232,12 +292,16 @@ class Verifier:
                         st = entry.stat()
                     except FileNotFoundError:
                         continue
-                    if st.st_size != self.pending[rel].size:
-                        continue
-                    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-                    with self.lock:
-                        if self.seen.get(rel, (None,))[0] != stamp:
-                            self.seen[rel] = (stamp, now)
+                    self._note(rel, st, now)
+
+    def _note(self, rel: str, st: os.stat_result, now: float) -> None:
+        """Remember this version of ``rel`` if it has the source's size and was not seen before."""
+        if st.st_size != self.pending[rel].size:
+            return
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with self.lock:
+            if self.seen.get(rel, (None,))[0] != stamp:
+                self.seen[rel] = (stamp, now)
 
     def verify(self) -> bool:
         """Hash each file's newest version not hashed yet; True once every file is complete.
@@ -376,6 +440,7 @@ def time_openmsistream(bootstrap: str, topic: str, group_id: str, files: list[So
         if then:
             then(out)
     finally:
+        verifier.close()
         quit_openmsistream(proc)
     return Timing(f"OpenMSIStream DataFileDownloadDirectory ({threads} threads)", elapsed,
                   sum(f.size for f in files), f"CPU s: {cpu['supervisor'] + cpu['workers']:.1f}",
@@ -460,6 +525,7 @@ def time_omsd(bootstrap: str, topic: str, group_id: str, files: list[SourceFile]
         if then:
             then(out)
     finally:
+        verifier.close()
         code = stop_omsd(proc)
     note = f"CPU s: supervisor {cpu['supervisor']:.1f}, workers {cpu['workers']:.1f}"
     if code != 0:

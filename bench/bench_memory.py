@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             elapsed = verifier.finished_at() - started
         finally:
+            verifier.close()
             sampler.stop()
             code = stop_omsd(proc)
     finally:

@@ -139,6 +139,7 @@ def time_raw_writer(bootstrap: str, topic: str, group_id: str, files: list[Sourc
                                f"{writer.errors[:3]}")
         then(out)
     finally:
+        verifier.close()
         writer.stop()
     return Timing("raw writer (in-process: decode, sha512, write, rename)", elapsed, sum(f.size for f in files),
                   f"CPU s: {cpu:.1f} (this whole process)",

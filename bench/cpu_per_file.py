@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += [(f"worker {i}", cpu(child)) for i, child in enumerate(workers)]
             rows.append(("broker", (sum(cpu(broker_process)) - broker_before, 0.0)))
         finally:
+            verifier.close()
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
