@@ -16,6 +16,7 @@ file (start-up and group join) and its rate from then on are printed.
     .venv/bin/python bench/bench_small.py                 # 3000 files, 30 latency files
     .venv/bin/python bench/bench_small.py --files 300 --latency 10
     .venv/bin/python bench/bench_small.py --only raw --only omsd --profile
+    .venv/bin/python bench/bench_small.py --repeat 3        # three rounds and the medians of the targets
 
 The raw writer runs inside this process (a consumer thread: decode, sha512,
 write a temporary file, rename; no fsync), timed from the creation of its
@@ -218,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency", type=int, default=30, help="single files timed for latency (default 30)")
     parser.add_argument("--quick", action="store_true", help="300 files, 10 latency files")
     parser.add_argument("--seed", type=int, default=1, help="seed for the file sizes")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every reader, each on fresh topics (default 1); prints each round "
+                             "and the medians")
     add_reader_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -241,49 +245,72 @@ def run(args: argparse.Namespace) -> list[Result]:
     readers = [r for r in READERS if r in (args.only or READERS)]
     broker = EmbeddedBroker(data_dir=work / "broker")
     broker.start()
-    results: list[Result] = []
+    rounds: list[list[Result]] = []
     try:
-        for reader in readers:
-            t = time.monotonic()
-            produce_omsd_format(broker.bootstrap, f"bench_small_{reader}", files)
-            print(f"produced into bench_small_{reader} (no partition set) in {time.monotonic() - t:.1f} s")
         probe = LatencyProbe(broker.bootstrap, probes)
-        run_id = os.urandom(3).hex()
-        for reader in readers:
-            topic, group = f"bench_small_{reader}", f"bench-small-{reader}-{run_id}"
-            latencies: list[float] = []
-
-            def then(out: Path, topic: str = topic, latencies: list[float] = latencies) -> None:
-                latencies.extend(probe.run(topic, out))
-
-            settle()
-            print(f"timing {reader} (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
-            broker_cpu = process_cpu(broker.process.pid)
-            if reader == "raw":
-                timing = time_raw_writer(broker.bootstrap, topic, group, files, work, args.timeout, then)
-            elif reader == "openmsistream":
-                timing = time_openmsistream(broker.bootstrap, topic, group, files, work, args.oms_threads,
-                                            args.timeout, then=then, recheck_every=RECHECK_EVERY)
-            else:
-                profiler = Profiler(work / "profile-omsd.txt") if args.profile else None
-                timing = time_omsd(broker.bootstrap, topic, group, files, work, args.workers, args.timeout,
-                                   on_start=profiler.attach if profiler else None, then=then,
-                                   recheck_every=RECHECK_EVERY)
-                if profiler:
-                    print(f"  profile: {profiler.finish()}")
-            timing.note += f"; broker {process_cpu(broker.process.pid) - broker_cpu:.1f} (with the latency files)"
-            result = Result(timing, len(files), latencies)
-            print(f"  {timing.seconds:.2f} s  {result.files_per_s:.0f} files/s  {timing.note}", flush=True)
-            if latencies:
-                print(f"  latency ms: p50 {percentile(latencies, 0.5) * 1e3:.0f}  "
-                      f"p95 {percentile(latencies, 0.95) * 1e3:.0f}  max {max(latencies) * 1e3:.0f}", flush=True)
-            results.append(result)
+        for round_no in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"\nround {round_no} of {args.repeat}", flush=True)
+            # A round of its own: fresh topics (the latency files of a round before would otherwise be on
+            # disk already), groups, output directories and omsd state (its registry knows earlier files).
+            here = work if args.repeat == 1 else work / f"round{round_no}"
+            (here / "logs").mkdir(parents=True, exist_ok=True)
+            topics = {reader: f"bench_small_{reader}" + (f"_r{round_no}" if args.repeat > 1 else "")
+                      for reader in readers}
+            for topic in topics.values():
+                t = time.monotonic()
+                produce_omsd_format(broker.bootstrap, topic, files)
+                print(f"produced into {topic} (no partition set) in {time.monotonic() - t:.1f} s")
+            rounds.append(time_readers(args, broker, topics, files, probe, here))
+            if args.repeat > 1:
+                report(rounds[-1])
         probe.close()
     finally:
         broker.stop()
-    report(results)
+    if args.repeat == 1:
+        report(rounds[0])
+    else:
+        summarise(rounds)
     if args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
+    return [result for results in rounds for result in results]
+
+
+def time_readers(args: argparse.Namespace, broker, topics: dict[str, str], files: list[SourceFile],
+                 probe: "LatencyProbe", work: Path) -> list[Result]:
+    """One round: each reader in turn on its topic (a fresh group, outputs under ``work``), then its
+    latency files."""
+    results: list[Result] = []
+    run_id = os.urandom(3).hex()
+    for reader, topic in topics.items():
+        group = f"bench-small-{reader}-{run_id}"
+        latencies: list[float] = []
+
+        def then(out: Path, topic: str = topic, latencies: list[float] = latencies) -> None:
+            latencies.extend(probe.run(topic, out))
+
+        settle()
+        print(f"timing {reader} (load average {os.getloadavg()[0]:.1f}) ...", flush=True)
+        broker_cpu = process_cpu(broker.process.pid)
+        if reader == "raw":
+            timing = time_raw_writer(broker.bootstrap, topic, group, files, work, args.timeout, then)
+        elif reader == "openmsistream":
+            timing = time_openmsistream(broker.bootstrap, topic, group, files, work, args.oms_threads,
+                                        args.timeout, then=then, recheck_every=RECHECK_EVERY)
+        else:
+            profiler = Profiler(work / "profile-omsd.txt") if args.profile else None
+            timing = time_omsd(broker.bootstrap, topic, group, files, work, args.workers, args.timeout,
+                               on_start=profiler.attach if profiler else None, then=then,
+                               recheck_every=RECHECK_EVERY)
+            if profiler:
+                print(f"  profile: {profiler.finish()}")
+        timing.note += f"; broker {process_cpu(broker.process.pid) - broker_cpu:.1f} (with the latency files)"
+        result = Result(timing, len(files), latencies)
+        print(f"  {timing.seconds:.2f} s  {result.files_per_s:.0f} files/s  {timing.note}", flush=True)
+        if latencies:
+            print(f"  latency ms: p50 {percentile(latencies, 0.5) * 1e3:.0f}  "
+                  f"p95 {percentile(latencies, 0.95) * 1e3:.0f}  max {max(latencies) * 1e3:.0f}", flush=True)
+        results.append(result)
     return results
 
 
@@ -317,6 +344,33 @@ def report(results: list[Result]) -> None:
     if oms and oms.latencies:
         print(f"OpenMSIStream latency p50 {percentile(oms.latencies, 0.5) * 1e3:.0f} ms, "
               f"p95 {percentile(oms.latencies, 0.95) * 1e3:.0f} ms")
+
+
+def summarise(rounds: list[list[Result]]) -> None:
+    """The medians over the rounds of the target figures (each round's own table was printed already)."""
+    figures: dict[str, list[float]] = {"oms": [], "raw": [], "p50": [], "p95": []}
+    for results in rounds:
+        by = {r.timing.reader.split()[0]: r for r in results}
+        omsd = by.get("omsd")
+        if omsd is None:
+            continue
+        for key, other in (("oms", by.get("OpenMSIStream")), ("raw", by.get("raw"))):
+            if other is not None:
+                figures[key].append(omsd.files_per_s / other.files_per_s)
+        if omsd.latencies:
+            figures["p50"].append(percentile(omsd.latencies, 0.5))
+            figures["p95"].append(percentile(omsd.latencies, 0.95))
+    print(f"\nmedians of {len(rounds)} rounds:")
+    for key, label, target in (("oms", "omsd / OpenMSIStream", 2.0), ("raw", "omsd / raw writer", 0.75)):
+        if figures[key]:
+            value = statistics.median(figures[key])
+            runs = ", ".join(f"{v:.2f}" for v in figures[key])
+            print(f"  {label:22} = {value:.2f}x files/s  (rounds: {runs}; target >= {target}x: "
+                  f"{'met' if value >= target else 'MISSED'})")
+    if figures["p50"]:
+        p50, p95 = statistics.median(figures["p50"]), statistics.median(figures["p95"])
+        print(f"  omsd latency p50 {p50 * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms "
+              f"(targets <= 50 / <= 100 ms: {'met' if p50 <= 0.05 and p95 <= 0.1 else 'MISSED'})")
 
 
 def main(argv: list[str] | None = None) -> int:
