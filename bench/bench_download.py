@@ -336,6 +336,21 @@ class Verifier:
         return min(self.complete_at.values())
 
 
+def host_speed() -> str:
+    """How fast this host runs the two kinds of work the readers do, for comparing runs across hosts and
+    days: a pure-Python loop (omsd's supervisor and workers, OpenMSIStream) and OpenSSL's sha512."""
+    start = time.perf_counter()
+    acc = 0
+    for i in range(2_000_000):
+        acc = (acc + i * i) % 1_000_003
+    loop_s = time.perf_counter() - start
+    block = os.urandom(64 << 20)
+    start = time.perf_counter()
+    hashlib.sha512(block).digest()
+    sha_mb_s = len(block) / 1e6 / (time.perf_counter() - start)
+    return f"host speed: 2M-step Python loop {loop_s * 1e3:.0f} ms, sha512 {sha_mb_s:.0f} MB/s"
+
+
 def sha512_file(path: Path, block: int = 8 << 20) -> bytes:
     digest = hashlib.sha512()
     with open(path, "rb") as handle:
@@ -601,6 +616,7 @@ def run(args: argparse.Namespace) -> list[Timing]:
     size = int(args.size_mib * (1 << 20))
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}")
+    print(host_speed())
     t = time.monotonic()
     files = generate(work / "data", args.files, size)
     total = sum(f.size for f in files)

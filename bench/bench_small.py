@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precompile import compile_sources  # noqa: E402
 from bench_download import (  # noqa: E402
     HEARTBEAT_INTERVAL_MS, POLL_S, READERS, REPO, SESSION_TIMEOUT_MS, Profiler, SourceFile, Timing, Verifier,
-    add_reader_options, chunk_stream, generate, process_cpu, produce_omsd_format, time_omsd, time_openmsistream,
-    work_dir,
+    add_reader_options, chunk_stream, generate, host_speed, process_cpu, produce_omsd_format, time_omsd,
+    time_openmsistream, work_dir,
 )
 
 if str(REPO) not in sys.path:
@@ -236,6 +236,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     rng = random.Random(args.seed)
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}   load average {os.getloadavg()[0]:.1f}")
+    print(host_speed())
     files = generate(work / "data", args.files, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.files)])
     probes = generate(work / "latency", args.latency, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.latency)],
                       stem="latency")
