@@ -119,9 +119,9 @@ class DataFile:
         self._topic = topic
         self._full_filepath: Path | None = None
         self._bytestring: bytes | None = None
-        self._prepared: dict[Path, Path] = {}  # target -> temporary copy written ahead (see save's prepare)
-        self._prepared_roots: dict[str, Path] = {}  # save root -> its prepared target
-        self._unsynced: list[Path] = []  # files written by steps and not yet made durable
+        self._prepared: dict[str, str] = {}  # target -> temporary copy written ahead (see save's prepare)
+        self._prepared_roots: dict[str, str] = {}  # save root -> its prepared target
+        self._unsynced: list[str | Path] = []  # files written by steps and not yet made durable
 
     # ---- identity -------------------------------------------------------
 
@@ -261,18 +261,18 @@ class DataFile:
 
     # ---- copies written ahead of verification (the save step's prepare) ----
 
-    def add_prepared(self, target: Path, temp: Path, root: str | None = None) -> None:
+    def add_prepared(self, target: str, temp: str, root: str | None = None) -> None:
         """``temp`` holds this file's bytes for ``target`` (checked to lie under ``root``)."""
         self._prepared[target] = temp
         if root is not None:
             self._prepared_roots[root] = target
 
-    def prepared_target(self, root: str) -> Path | None:
+    def prepared_target(self, root: str) -> str | None:
         """The target a copy was prepared for under ``root`` (its path checked when it was prepared)."""
         target = self._prepared_roots.get(root)
         return target if target in self._prepared else None
 
-    def take_prepared(self, target: Path) -> Path | None:
+    def take_prepared(self, target: str) -> str | None:
         """The temporary copy prepared for ``target``, handed over once."""
         return self._prepared.pop(target, None)
 
@@ -288,11 +288,11 @@ class DataFile:
 
     # ---- files written and not yet durable (see workers.durability) ----------------------------
 
-    def note_unsynced(self, path: Path) -> None:
+    def note_unsynced(self, path: str | Path) -> None:
         """A step wrote ``path`` without fsync: the worker makes it durable before reporting the file."""
         self._unsynced.append(path)
 
-    def take_unsynced(self) -> list[Path]:
+    def take_unsynced(self) -> list[str | Path]:
         """The files written since the last call, handed over once."""
         out, self._unsynced = self._unsynced, []
         return out

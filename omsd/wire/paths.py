@@ -11,6 +11,7 @@ import functools
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
@@ -69,8 +70,35 @@ def _checked_subdir(subdir_str: str) -> tuple[str, ...]:
 
 def safe_path_under(root: os.PathLike[str] | str, subdir_str: str, filename: str) -> Path:
     """``root/subdir_str/filename``, refused (UnsafePathError) like :func:`safe_relative_path` and
-    :func:`resolve_under` together would refuse it; the per-file path of the workers' steps."""
+    :func:`resolve_under` together would refuse it."""
     return _resolve_parts(root, safe_parts(subdir_str, filename))
+
+
+class Located(NamedTuple):
+    """Where a file goes under a root (see :func:`locate_under`), with what the check saw on the way.
+
+    ``parent_is_dir`` and ``target_is_dir``: what the ``lstat`` of the target's directory and of the
+    target itself showed (no symlinks were among them); None where the check did not look (the
+    directory is the root itself, or symlinks under the root had to be resolved).
+    """
+
+    path: str
+    parent_is_dir: bool | None
+    target_is_dir: bool | None
+
+
+def locate_under(root: os.PathLike[str] | str, subdir_str: str, filename: str) -> Located:
+    """:func:`safe_path_under` as a string, for the per-file path of the workers' steps: no
+    :class:`~pathlib.Path` objects, and the modes its check saw, so that the caller needs no
+    further ``stat`` to know whether the directory exists and whether a directory is in the way."""
+    parts = safe_parts(subdir_str, filename)
+    try:
+        found = _plain_walk(_resolved_root(root), parts)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UnsafePathError(f"path {'/'.join(parts)!r} cannot be resolved under {str(root)!r}: {exc}") from exc
+    if found is not None:
+        return found
+    return Located(os.fspath(_resolve_parts(root, parts)), None, None)
 
 
 _RESOLVED_ROOTS: dict[str, Path] = {}
@@ -94,6 +122,15 @@ def _resolved_root(root: os.PathLike[str] | str) -> Path:
 
 
 def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
+    """``root_resolved/parts`` if no existing component under the root is a symlink, else None."""
+    found = _plain_walk(root_resolved, parts)
+    return None if found is None else Path(found.path)
+
+
+_MISSING = -1  # the mode of a component that does not exist
+
+
+def _plain_walk(root_resolved: Path, parts: tuple[str, ...]) -> Located | None:
     """``root_resolved/parts`` if no existing component under the root is a symlink, else None.
 
     ``root_resolved`` has no symlinks and the parts are plain names, so the join is then exactly
@@ -101,17 +138,23 @@ def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
     """
     current = os.fspath(root_resolved)
     joined = os.path.join(current, *parts)
+    modes = []
     for part in parts:
         current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
+            modes.append(_MISSING)
             break  # nothing below a missing component exists: no symlink left to follow
         except OSError:
             return None  # let realpath decide what this means
         if stat.S_ISLNK(mode):
             return None
-    return Path(joined)
+        modes.append(mode)
+    modes += [_MISSING] * (len(parts) - len(modes))
+    parent_is_dir = None if len(parts) < 2 else modes[-2] != _MISSING and stat.S_ISDIR(modes[-2])
+    target_is_dir = modes[-1] != _MISSING and stat.S_ISDIR(modes[-1]) if parts else None
+    return Located(joined, parent_is_dir, target_is_dir)
 
 
 def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -> Path:

@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from omsd.wire.paths import (
-    MAX_COMPONENT_BYTES, MAX_PATH_BYTES, UnsafePathError, resolve_under, safe_path_under, safe_relative_path,
+    MAX_COMPONENT_BYTES, MAX_PATH_BYTES, Located, UnsafePathError, locate_under, resolve_under, safe_path_under,
+    safe_relative_path,
 )
 
 
@@ -162,3 +163,40 @@ def test_safe_path_under_refuses_a_symlinked_subdirectory_pointing_outside(root:
     (root / "run").symlink_to(root.parent / "outside")  # swapped in after an earlier file of "run"
     with pytest.raises(UnsafePathError, match="resolves outside"):
         safe_path_under(root, "run", "f.dat")
+
+
+# --------------------------------------------------------------------------- locate_under (the save step's check)
+
+
+def test_locate_under_says_what_its_walk_saw(root: Path) -> None:
+    real = root.resolve()
+    assert locate_under(root, "run/a", "f.dat") == Located(str(real / "run/a/f.dat"), False, False)
+    (root / "run" / "a").mkdir(parents=True)
+    assert locate_under(root, "run/a", "f.dat") == Located(str(real / "run/a/f.dat"), True, False)
+    (root / "run" / "a" / "f.dat").mkdir()  # a directory in the way
+    assert locate_under(root, "run/a", "f.dat") == Located(str(real / "run/a/f.dat"), True, True)
+    (root / "run" / "b").write_bytes(b"")  # a file where a directory should be: left for the caller to find
+    assert locate_under(root, "run", "b") == Located(str(real / "run/b"), True, False)
+    assert locate_under(root, "run/b", "f.dat") == Located(str(real / "run/b/f.dat"), None, None)
+
+
+def test_locate_under_leaves_the_root_itself_unlooked_at(root: Path) -> None:
+    assert locate_under(root, "", "f.dat") == Located(str(root.resolve() / "f.dat"), None, False)
+
+
+@pytest.mark.parametrize("subdir,filename", [("", "a.dat"), ("x", "a.dat"), ("x/y z/ünï", "数据 1.h5")])
+def test_locate_under_finds_what_safe_path_under_finds(root: Path, subdir: str, filename: str) -> None:
+    assert locate_under(root, subdir, filename).path == str(safe_path_under(root, subdir, filename))
+    (root / "x" / "y z" / "ünï").mkdir(parents=True)
+    assert locate_under(root, subdir, filename).path == str(safe_path_under(root, subdir, filename))
+
+
+def test_locate_under_resolves_symlinks_and_refuses_those_that_leave(root: Path) -> None:
+    (root / "real").mkdir()
+    (root / "alias").symlink_to("real", target_is_directory=True)
+    assert locate_under(root, "alias", "f.dat") == Located(str(root.resolve() / "real" / "f.dat"), None, None)
+    (root / "away").symlink_to(root.parent / "outside", target_is_directory=True)
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        locate_under(root, "away", "f.dat")
+    with pytest.raises(UnsafePathError):
+        locate_under(root, "..", "f.dat")

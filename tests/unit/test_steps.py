@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -177,6 +178,35 @@ def test_save_refuses_symlink_out_of_root(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError):
         step("save", {"dir": str(out)}).run(ctx_for(df))
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("subdir", ["", "run1/scans"])
+def test_save_refuses_a_directory_in_the_way_and_writes_nothing(tmp_path: Path, subdir: str) -> None:
+    out = tmp_path / "out"
+    (out / subdir / "a.dat").mkdir(parents=True)
+    df = make_datafile(tmp_path / "stage", b"x", subdir=subdir)
+    with pytest.raises(IsADirectoryError, match="a directory is in the way"):
+        step("save", {"dir": str(out)}).run(ctx_for(df))
+    assert [p.name for p in (out / subdir).iterdir()] == ["a.dat"] and not any((out / subdir / "a.dat").iterdir())
+
+
+def test_save_refuses_a_file_where_its_directory_should_be(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "run1").mkdir(parents=True)
+    (out / "run1" / "scans").write_bytes(b"not a directory")
+    df = make_datafile(tmp_path / "stage", b"x")
+    with pytest.raises(OSError):
+        step("save", {"dir": str(out)}).run(ctx_for(df))
+    assert (out / "run1" / "scans").read_bytes() == b"not a directory"
+
+
+def test_save_creates_a_directory_removed_since_an_earlier_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    save = step("save", {"dir": str(out)})
+    save.run(ctx_for(make_datafile(tmp_path / "stage", b"first")))
+    shutil.rmtree(out / "run1")
+    save.run(ctx_for(make_datafile(tmp_path / "stage", b"second")))
+    assert (out / "run1" / "scans" / "a.dat").read_bytes() == b"second"
 
 
 def test_save_temp_file_removed_on_failure(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from omsd.wire.paths import safe_path_under
+from omsd.wire.paths import locate_under, safe_path_under
 from workers.datafile import DataFile
 from workers.mapped import for_each_window
 from workers.steps.base import Option, OutboundMessage, Step, StepConfigError, StepContext
@@ -101,7 +101,7 @@ class _DirectRefused(Exception):
     """The file system will not do direct I/O for this file."""
 
 
-def write_direct(src: int, temp: Path, size: int) -> bool:
+def write_direct(src: int, temp: str, size: int) -> bool:
     """Write bytes ``[0, size)`` of ``src`` into a new file ``temp`` with O_DIRECT, and fsync it.
 
     The whole blocks go straight from a mapping of ``src`` to the disk; the last
@@ -143,7 +143,7 @@ def write_direct(src: int, temp: Path, size: int) -> bool:
     return True
 
 
-def write_buffered(src: int, temp: Path, size: int) -> None:
+def write_buffered(src: int, temp: str, size: int) -> None:
     """Copy bytes ``[0, size)`` of ``src`` into a new file ``temp`` through the page cache (not fsynced)."""
     dst = os.open(temp, _WRITE_FLAGS, 0o666)
     try:
@@ -153,24 +153,34 @@ def write_buffered(src: int, temp: Path, size: int) -> None:
         os.close(dst)
 
 
-def _temp_for(target: Path) -> Path:
+def _temp_for(target: str) -> str:
     # One name per target: a copy left behind by a worker killed mid-save is overwritten (then renamed
     # away) when the file is handed out again; a path is only ever saved by one worker at a time.
-    digest = hashlib.blake2b(target.name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-    return target.parent / f"{TEMP_PREFIX}{digest}"
+    directory, name = os.path.split(target)
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    return os.path.join(directory, TEMP_PREFIX + digest)
 
 
-def _checked_target(datafile: DataFile, root: str | os.PathLike[str]) -> Path:
-    target = target_path(datafile, root)
-    if not os.path.isdir(target.parent):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target = target_path(datafile, root)  # re-check: nothing may have been swapped in meanwhile
-    if os.path.isdir(target):
-        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(target))
-    return target
+def _checked_target(datafile: DataFile, root: str | os.PathLike[str]) -> str:
+    """The file's target under ``root``, its directory created; refused if it would escape the root or
+    if a directory is in the way. The check's own ``lstat`` calls say whether the directory exists and
+    what the target is, so a small file costs no further ``stat``."""
+    found = locate_under(root, datafile.subdir_str, datafile.filename)
+    parent_is_dir = found.parent_is_dir
+    if parent_is_dir is None:
+        parent_is_dir = os.path.isdir(os.path.dirname(found.path))
+    if not parent_is_dir:
+        os.makedirs(os.path.dirname(found.path), exist_ok=True)
+        found = locate_under(root, datafile.subdir_str, datafile.filename)  # re-check: nothing swapped in
+    target_is_dir = found.target_is_dir
+    if target_is_dir is None:
+        target_is_dir = os.path.isdir(found.path)
+    if target_is_dir:
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", found.path)
+    return found.path
 
 
-def write_from_memory(content: bytes, temp: Path) -> None:
+def write_from_memory(content: bytes, temp: str) -> None:
     """Write ``content`` into a new file ``temp`` through the page cache (not fsynced)."""
     dst = os.open(temp, _WRITE_FLAGS, 0o666)
     try:
@@ -181,7 +191,7 @@ def write_from_memory(content: bytes, temp: Path) -> None:
         os.close(dst)
 
 
-def _write_temp(datafile: DataFile, temp: Path, direct_io: bool) -> None:
+def _write_temp(datafile: DataFile, temp: str, direct_io: bool) -> None:
     """Fill ``temp`` with the file's bytes (removed again if that fails)."""
     content = datafile.content_in_memory  # a small file the worker has read already
     if content is not None and not (direct_io and datafile.size >= DIRECT_MIN):
@@ -202,7 +212,7 @@ def _write_temp(datafile: DataFile, temp: Path, direct_io: bool) -> None:
         os.close(src)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:  # e.g. never created, or a read-only file system: the original error matters
@@ -243,7 +253,7 @@ def save_datafile(datafile: DataFile, root: str | os.PathLike[str], direct_io: b
         raise
     datafile.note_unsynced(target)
     datafile.full_filepath = target
-    return target
+    return datafile.full_filepath
 
 
 class SaveStep(Step):
