@@ -8,7 +8,7 @@ copies whole files; workers open the same path read-only by name.
 
 The supervisor creates and unlinks every segment; workers only open and
 close. A released segment of a small file is kept (up to :data:`POOL_SEGMENTS` of
-them, counted in the memory budget as ``memory_kept``) and given to the next small file: a
+them and :data:`POOL_BYTES` in all, counted in the memory budget as ``memory_kept``) and given to the next small file: a
 new segment costs a creation, fresh pages and an unlink, about three times what
 writing into a used one costs. A reused segment may be longer than its file; as
 for every staging file, only its first ``size`` bytes belong to the file. Staging files on the state directory's file system (spill files, and
@@ -36,7 +36,10 @@ log = structlog.get_logger(__name__)
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "omsd-"
 POOL_SEGMENT_MAX = 256 << 10  # released segments up to this size are kept for reuse
-POOL_SEGMENTS = 64  # at most this many (so at most 16 MiB held)
+# At most this many, holding at most POOL_BYTES: enough for the files in flight at a few thousand small
+# files per second (with 64 segments, one small file in six still got a fresh segment, and unlinked one).
+POOL_SEGMENTS = 256
+POOL_BYTES = 16 << 20
 
 
 class StagingFull(OSError):
@@ -198,7 +201,8 @@ class Staging:
         self.files -= 1
         held = max(staged.size, staged.capacity)
         self._account(staged, 0)
-        if staged.kind == "shm" and held <= POOL_SEGMENT_MAX and len(self._pool) < POOL_SEGMENTS:
+        if staged.kind == "shm" and held <= POOL_SEGMENT_MAX and len(self._pool) < POOL_SEGMENTS \
+                and self.memory_kept + held <= POOL_BYTES:
             staged.capacity = held
             self.memory_kept += held
             self._pool.append(staged)

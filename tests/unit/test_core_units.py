@@ -118,6 +118,25 @@ def test_kept_segments_are_bounded_and_large_ones_are_never_kept(staging) -> Non
         large.close()
 
 
+def test_kept_segments_hold_at_most_pool_bytes(tmp_path) -> None:
+    from omsd.intake.staging import POOL_BYTES, POOL_SEGMENT_MAX
+
+    size = POOL_SEGMENT_MAX  # so that POOL_BYTES is reached before POOL_SEGMENTS
+    area = Staging(tmp_path / "state", memory_budget=4 * POOL_BYTES)
+    area.open()
+    try:
+        files = [area.allocate(size) for _ in range(POOL_BYTES // size + 2)]
+        for staged in files:
+            area.write(staged, 0, b"x" * size)
+            area.seal(staged)
+        for staged in files:
+            area.release(staged)
+        assert area.memory_kept == POOL_BYTES and area.memory_used == 0
+        assert sum(os.path.exists(s.path) for s in files) == POOL_BYTES // size
+    finally:
+        area.close()
+
+
 def test_kept_segments_give_their_memory_back_before_anything_spills(tmp_path) -> None:
     area = Staging(tmp_path / "state", memory_budget=1000)
     area.open()
