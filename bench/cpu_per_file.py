@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         spy = None
         if args.py_spy:
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
-                                    "--format", "raw", "--rate", "500", "-o", str(args.py_spy),
+                                    "--format", "raw", "--nonblocking", "--rate", "500", "-o", str(args.py_spy),
                                     "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         verifier = Verifier(out, files, recheck_every=25)  # files seen complete: looked at again every 0.5 s
         try:
