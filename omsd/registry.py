@@ -13,10 +13,8 @@ a file whose outcome could still be lost to a power cut.
 Failures are named: a registry SQLite cannot read (at opening, by ``PRAGMA
 quick_check``, or in any later query) raises :class:`RegistryDamaged` and
 stays marked in :attr:`Registry.damaged`; a write refused for lack of space
-(SQLite's FULL) raises :class:`RegistryFull`, which the caller retries later.
-A new registry is created under a temporary name and renamed into place once
-its schema is written, so a zero-length or header-less registry file is never
-one the daemon made: it is reported as damaged, not taken as empty.
+(SQLite's FULL) raises :class:`RegistryFull`, which the caller retries later
+(both defined, with the file's schema and creation, in :mod:`omsd.registry_file`).
 """
 
 from __future__ import annotations
@@ -31,160 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omsd.statewrites import free_bytes
+from omsd.registry_file import (
+    DAMAGE_CODES, SCHEMA, RegistryDamaged, RegistryFull, create_registry, for_lack_of_space, inspect_registry,
+    raise_if_full, registry_path,
+)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id          INTEGER PRIMARY KEY,
-    topic       TEXT NOT NULL,
-    rel_path    TEXT NOT NULL,
-    generation  INTEGER NOT NULL,
-    sha512      TEXT NOT NULL,
-    size        INTEGER,
-    status      TEXT NOT NULL,          -- processing | done | failed | expired | corrupt
-    error       TEXT,
-    kept_path   TEXT,                   -- bytes kept for a retry of a failed file
-    created     REAL NOT NULL,
-    updated     REAL NOT NULL,
-    UNIQUE (topic, rel_path, sha512)
-);
-CREATE TABLE IF NOT EXISTS pipeline_outcomes (
-    file_id   INTEGER NOT NULL REFERENCES files(id),
-    pipeline  TEXT NOT NULL,
-    status    TEXT NOT NULL,            -- done | failed
-    error     TEXT,
-    updated   REAL NOT NULL,
-    PRIMARY KEY (file_id, pipeline)
-);
-CREATE TABLE IF NOT EXISTS steps (
-    file_id    INTEGER NOT NULL REFERENCES files(id),
-    pipeline   TEXT NOT NULL,
-    step_index INTEGER NOT NULL,
-    kind       TEXT NOT NULL,
-    status     TEXT NOT NULL,           -- done | failed
-    attempts   INTEGER NOT NULL,
-    error      TEXT,
-    duration_s REAL,
-    updated    REAL NOT NULL,
-    PRIMARY KEY (file_id, pipeline, step_index)
-);
-CREATE INDEX IF NOT EXISTS files_by_status ON files(status);
-"""
+# What the registry raises, and where its file lives, come with it (they are defined in omsd.registry_file).
+__all__ = ["FileRecord", "Registry", "RegistryDamaged", "RegistryFull", "inspect_registry", "registry_path"]
 
-REGISTRY_NAME = "registry.sqlite"
 TERMINAL = ("done", "failed")
-SQLITE_HEADER = b"SQLite format 3\x00"
-_DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-# Below this much free space an I/O error is taken for a full disk, not damage: growing the WAL index
-# (SQLITE_IOERR_SHMSIZE), the WAL itself or opening either (SQLITE_CANTOPEN) fails that way.
-SPACE_NEEDED_BYTES = 1 << 20
 ABSENT_REMEMBERED = 4096  # paths remembered with content they do not have (see Registry.find)
+LOOK_UP_BATCH = 500  # paths per query of Registry.look_up (well below SQLite's limit on parameters)
 _T = TypeVar("_T")
-
-
-class RegistryDamaged(RuntimeError):
-    """The registry file cannot be used; an operator must move it aside or recover it."""
-
-    def __init__(self, path: Path, detail: str) -> None:
-        self.path = Path(path)
-        self.detail = detail
-        super().__init__(f"registry {self.path} is damaged: {detail}")
-
-    @property
-    def advice(self) -> str:
-        """What an operator can do, in one sentence."""
-        return (f"try `omsd registry recover --config FILE`, or move {self.path} (and any "
-                f"{self.path.name}-wal, {self.path.name}-shm) aside to start with an empty registry: "
-                "files above the committed offsets will be processed again")
-
-
-def registry_path(state_dir: Path) -> Path:
-    """Where the daemon keeps its registry."""
-    return Path(state_dir) / REGISTRY_NAME
-
-
-def for_lack_of_space(exc: sqlite3.Error, directory: Path) -> bool:
-    """True when an SQLite error of the registry in ``directory`` means that its file system is full."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        return True
-    if not name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
-        return False
-    free = free_bytes(directory)
-    return free is not None and free < SPACE_NEEDED_BYTES
-
-
-class RegistryFull(OSError):
-    """A registry write was refused for lack of space; nothing of it was recorded."""
-
-    def __init__(self, path: Path, detail: str) -> None:
-        super().__init__(28, f"no space left for the registry {path}: {detail}")  # 28: ENOSPC
-        self.path = Path(path)
-
-
-def inspect_registry(path: Path) -> str | None:
-    """Why the registry file at ``path`` cannot be used, or None when it is sound (or absent, and
-    nothing of one is left beside it). Runs ``PRAGMA quick_check``, which reads every page."""
-    path = Path(path)
-    wal = Path(f"{path}-wal")
-    if not path.exists():
-        if wal.exists() and wal.stat().st_size > 0:
-            return f"{path.name} is missing but its write-ahead log {wal.name} is there"
-        return None
-    size = path.stat().st_size
-    if size == 0:
-        return "the file is empty (0 bytes); omsd never leaves an empty registry"
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
-        return "the file does not start with the SQLite header (overwritten or not a database)"
-    try:  # read-write: after a crash, reading a WAL database may need to rebuild its index (-shm)
-        db = sqlite3.connect(str(path))
-    except sqlite3.Error as exc:
-        _raise_if_full(path, exc)
-        return f"SQLite cannot open it: {exc}"
-    try:
-        rows = db.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.Error as exc:
-        _raise_if_full(path, exc)
-        return f"SQLite cannot read it: {exc}"
-    finally:
-        db.close()
-    problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        return "PRAGMA quick_check: " + "; ".join(problems[:3]) + more
-    return None
-
-
-def _raise_if_full(path: Path, exc: sqlite3.Error) -> None:
-    """Raise :class:`RegistryFull` when ``exc`` comes from a full file system rather than a damaged file."""
-    if for_lack_of_space(exc, path.parent):
-        raise RegistryFull(path, f"SQLite cannot open it ({free_bytes(path.parent)} bytes free): {exc}") from exc
-
-
-def create_registry(path: Path) -> None:
-    """Write an empty registry at ``path`` atomically: schema under a temporary name, synced, renamed."""
-    tmp = path.with_name(path.name + ".new")
-    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
-        leftover.unlink(missing_ok=True)
-    db = sqlite3.connect(str(tmp), isolation_level=None)
-    try:
-        db.executescript(SCHEMA)
-        db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file's header
-    finally:
-        db.close()
-    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -237,7 +93,7 @@ class Registry:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            _raise_if_full(self.path, exc)
+            raise_if_full(self.path, exc)
             raise RegistryDamaged(self.path, f"SQLite cannot use it: {exc}") from exc
         self._wal = f"{path}-wal"
         self._synced_changes = -1
@@ -253,7 +109,7 @@ class Registry:
         base = "_".join((getattr(exc, "sqlite_errorname", "") or "").split("_")[:2])  # SQLITE_IOERR_WRITE → SQLITE_IOERR
         if for_lack_of_space(exc, self.path.parent):
             return RegistryFull(self.path, str(exc))
-        if base in _DAMAGE_CODES or "malformed" in str(exc) or "not a database" in str(exc):
+        if base in DAMAGE_CODES or "malformed" in str(exc) or "not a database" in str(exc):
             self.damaged = self.damaged or RegistryDamaged(self.path, f"a query failed: {exc}")
             return self.damaged
         return exc
@@ -344,10 +200,40 @@ class Registry:
             "WHERE topic=? AND rel_path=?", (sha512, topic, rel_path)).fetchone()
         if file_id is not None:
             return self.get(file_id)
+        self._remember_absent(topic, rel_path, latest, {sha512})
+        return None
+
+    @_guarded
+    def look_up(self, topic: str, files: list[tuple[str, str]]) -> None:
+        """Look up many (rel_path, sha512) of one topic with one query per :data:`LOOK_UP_BATCH`: those
+        the registry has no record of are remembered as absent, so that :meth:`find` (and so
+        :meth:`is_finished` and :meth:`register`) answers them without a query of its own."""
+        wanted: dict[str, set[str]] = {}
+        for rel_path, sha512 in files:
+            known = self._absent.get((topic, rel_path))
+            if known is None or sha512 not in known[1]:
+                wanted.setdefault(rel_path, set()).add(sha512)
+        paths = list(wanted)
+        for start in range(0, len(paths), LOOK_UP_BATCH):
+            batch = paths[start:start + LOOK_UP_BATCH]
+            found: dict[str, tuple[int, set[str]]] = {}
+            for rel_path, sha512, generation in self.db.execute(
+                    f"SELECT rel_path, sha512, generation FROM files WHERE topic=? "
+                    f"AND rel_path IN ({','.join('?' * len(batch))})", (topic, *batch)):
+                latest, hashes = found.setdefault(rel_path, (0, set()))
+                found[rel_path] = (max(latest, generation), hashes | {sha512})
+            for rel_path in batch:
+                latest, hashes = found.get(rel_path, (0, set()))
+                absent = wanted[rel_path] - hashes
+                if absent:
+                    self._remember_absent(topic, rel_path, latest, absent)
+
+    def _remember_absent(self, topic: str, rel_path: str, latest: int, absent: set[str]) -> None:
+        path = (topic, rel_path)
+        known = self._absent.get(path)
         if known is None and len(self._absent) >= ABSENT_REMEMBERED:
             del self._absent[next(iter(self._absent))]
-        self._absent[path] = (latest, (known[1] if known is not None else set()) | {sha512})
-        return None
+        self._absent[path] = (latest, (known[1] if known is not None else set()) | absent)
 
     @_guarded
     def get(self, file_id: int) -> FileRecord | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omsd import exitcodes
-from omsd.registry import (
+from omsd.registry_file import (
     SCHEMA, SQLITE_HEADER, RegistryDamaged, RegistryFull, create_registry, inspect_registry, registry_path,
 )
 
