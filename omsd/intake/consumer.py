@@ -23,7 +23,7 @@ from omsd.config import Config, PipelineConfig
 from omsd.intake.flow import FlowControl, PauseReason
 from omsd.crypto.node import CryptoNode
 from omsd.intake.decrypt import Decryptor, Opened
-from omsd.intake.handover import HandoverLog
+from omsd.intake.handover import HandoverLog, changed_progress
 from omsd.kafka import KAFKA_LOG, consumer_config, make_consumer
 from omsd.wire.protocol import Chunk, ProtocolError, decode_chunk, verify_chunk_hash
 from omsd.registry import Registry
@@ -157,6 +157,7 @@ class Intake:
             messages = self.decryptor.admit(messages)  # those still waiting for their key are held back
             opened = self.decryptor.ready()
         items = [item for item in map(self._decode, messages) if item is not None]
+        self._look_up(items)
         if self.verify_at_intake:
             self._verify_hashes(items)
         completed: list[FileAssembly] = []
@@ -229,6 +230,17 @@ class Intake:
         except ProtocolError as exc:
             return msg, tp, exc
         return msg, tp, decoded
+
+    def _look_up(self, items: list) -> None:
+        """Ask the registry about the batch's new files in one query (see :meth:`Registry.look_up`)."""
+        new: dict[str, list[tuple[str, str]]] = {}
+        for _msg, tp, decoded in items:
+            if isinstance(decoded, Chunk):
+                key = (tp[0], decoded.relative_path, decoded.file_hash)
+                if key not in self.assembler.files and key not in self.processing and key not in self._finished:
+                    new.setdefault(tp[0], []).append((key[1], key[2].hex()))
+        for topic, files in new.items():
+            self.registry.look_up(topic, files)
 
     def _verify_hashes(self, items: list) -> None:
         """Replace chunks whose data does not match their hash by the error (only chunks we would stage)."""
@@ -381,15 +393,7 @@ class Intake:
         self._last_handover = time.monotonic()
         if self.handover is None or not self.handover.available:
             return
-        progress = {}
-        for tp in tps:
-            found = self.watermarks.progress(tp)
-            if found is None:
-                continue
-            published = (found[0], found[1].flat())
-            if wait or self._published.get(tp) != published:
-                progress[tp] = found
-                self._published[tp] = published
+        progress = changed_progress(self.watermarks, tps, self._published, every=wait)
         if progress:
             self.handover.publish(self.group_id, progress, wait=wait)
             (log.info if wait else log.debug)("handover published", group=self.group_id,

@@ -35,7 +35,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from omsd.config import Config
 from omsd.kafka import admin_config, consumer_config, make_producer
 from omsd.intake.offsetranges import OffsetRanges
-from omsd.intake.watermark import TopicPartitionKey
+from omsd.intake.watermark import TopicPartitionKey, Watermarks
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,23 @@ class Handover:
 
     committed: int
     done: OffsetRanges
+
+
+def changed_progress(watermarks: Watermarks, tps: set[TopicPartitionKey],
+                     published: dict[TopicPartitionKey, tuple[int, list[int]]], *, every: bool
+                     ) -> dict[TopicPartitionKey, tuple[int, OffsetRanges]]:
+    """Each partition's progress (its committed offset, what is finished above it) to publish: all of
+    it with ``every``, else only what changed since ``published``, which is brought up to date."""
+    progress = {}
+    for tp in tps:
+        found = watermarks.progress(tp)
+        if found is None:
+            continue
+        flat = (found[0], found[1].flat())
+        if every or published.get(tp) != flat:
+            progress[tp] = found
+            published[tp] = flat
+    return progress
 
 
 def record_key(group: str, topic: str, partition: int) -> bytes:

@@ -264,6 +264,32 @@ def test_content_found_absent_is_found_once_registered_even_after_a_rolled_back_
     registry.close()
 
 
+def test_one_look_up_answers_the_finished_checks_and_registrations_of_a_batch(tmp_path, monkeypatch) -> None:
+    from omsd import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "LOOK_UP_BATCH", 3)  # six paths: two queries
+    registry = Registry(tmp_path / "r.sqlite")
+    old = registry.register("t", "old.bin", "o1", 1)
+    registry.record_pipeline(old.id, "p", "done")
+    registry.set_status(old.id, "done")
+    statements: list[str] = []
+    registry.db.set_trace_callback(statements.append)
+    batch = [("old.bin", "o1"), ("old.bin", "o2")] + [(f"new-{i}.bin", f"n{i}") for i in range(5)]
+    registry.look_up("t", batch)
+    assert len(statements) == 2 and all(q.startswith("SELECT rel_path, sha512, generation") for q in statements)
+    statements.clear()
+    assert not any(registry.is_finished("t", path, sha, ["p"]) for path, sha in batch[1:])
+    records = [registry.register("t", path, sha, 1) for path, sha in batch[1:]]
+    assert [q for q in statements if q.startswith("SELECT")] == []  # nothing looked up one by one
+    assert [r.generation for r in records] == [2, 1, 1, 1, 1, 1]  # a new content of old.bin: its 2nd generation
+    assert registry.is_finished("t", "old.bin", "o1", ["p"])  # known content is still found
+    statements.clear()
+    registry.look_up("t", [("new-0.bin", "n0")])  # registered since: found, not taken for absent
+    assert registry.find("t", "new-0.bin", "n0").id == records[1].id
+    assert registry.look_up("u", []) is None
+    registry.close()
+
+
 def test_registry_generations_and_outcomes(tmp_path) -> None:
     registry = Registry(tmp_path / "r.sqlite")
     one = registry.register("t", "a/b.txt", "aa", 10)
