@@ -223,7 +223,7 @@ def worker_main(slot: int, conn: Any, pipelines: list[dict], log_json: bool | No
         while True:
             if not in_hand:
                 if outbox and not conn.poll(0):
-                    outbox.flush()
+                    outbox.flush(idle=True)
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):

@@ -45,7 +45,7 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
 
     monkeypatch.setattr(outbox_module, "make_durable", durable)
     writes: list = []
-    box = Outbox(_collect(events, lock, writes))
+    box = Outbox(_collect(events, lock, writes), quick_barrier_s=0.0)  # barriers taken as slow: the thread runs them
     for task_id in (1, 2):
         box.saved([tmp_path / f"f{task_id}"])
         box.put(step(task_id))
@@ -60,7 +60,7 @@ def test_files_are_made_durable_before_their_reports_are_sent(monkeypatch, tmp_p
 def test_progress_is_said_only_for_results_that_wait_for_a_barrier(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(outbox_module, "make_durable", lambda paths, whole_fs=False: len(paths))
     sent: list = []
-    box = Outbox(sent.append)
+    box = Outbox(sent.append, quick_barrier_s=0.0)
     box.put(result(1))  # nothing saved: sent at once, no progress needed
     box.flush()
     box.saved([tmp_path / "f"])
@@ -77,7 +77,7 @@ def test_a_failed_barrier_turns_the_results_into_errors_and_drops_the_step_repor
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(outbox_module, "make_durable", broken)
-    box = Outbox(sent.append)
+    box = Outbox(sent.append, quick_barrier_s=0.0)
     box.saved([tmp_path / "f"])
     box.put(step(3))
     box.put(result(3))
@@ -192,7 +192,7 @@ def test_a_group_left_with_nothing_to_send_sends_no_message(monkeypatch, tmp_pat
 
     monkeypatch.setattr(outbox_module, "make_durable", durable)
     sent: list = []
-    box = Outbox(sent.append)
+    box = Outbox(sent.append, quick_barrier_s=0.0)
     box.saved([tmp_path / "f"])
     box.put(step(5))  # a long step runs on; its report goes alone, and its barrier fails
     box.flush()
@@ -207,3 +207,78 @@ def test_a_group_left_with_nothing_to_send_sends_no_message(monkeypatch, tmp_pat
     empty = Outbox(sent.append)
     empty.close()  # nothing held at stop
     assert len(sent) == 2 and crashed == [] and box.error is None and empty.error is None
+
+
+def test_quick_barriers_are_run_by_the_worker_itself_and_slow_ones_by_the_sender(monkeypatch, tmp_path) -> None:
+    """Where barriers are quick the worker runs them between two files (no thread, no progress message);
+    once they turn slow, the next groups go to the sender thread, so the worker goes on meanwhile."""
+    barriers: list = []
+    slow = threading.Event()
+
+    def durable(paths, whole_fs=False):
+        barriers.append(threading.current_thread() is threading.main_thread())
+        if slow.is_set():
+            time.sleep(0.02)
+        return len(paths)
+
+    monkeypatch.setattr(outbox_module, "make_durable", durable)
+    sent: list = []
+    box = Outbox(sent.append, quick_barrier_s=0.002)
+    for task_id in (1, 2):
+        box.saved([tmp_path / f"f{task_id}"])
+        box.put(result(task_id))
+        box.flush()
+    assert barriers == [True, True] and [(m.kind, m.task_id) for m in sent] == [
+        (MessageKind.RESULT, 1), (MessageKind.RESULT, 2)]  # sent at once, from here
+    slow.set()
+    for task_id in (3, 4, 5):
+        box.saved([tmp_path / f"f{task_id}"])
+        box.put(result(task_id))
+        box.flush()
+    box.close()
+    assert barriers[2] is True and False in barriers[3:]  # measured slow here: the later ones in the thread
+    reports = [(m.kind, m.task_id) for message in sent for m in _unpack(message)]
+    assert [r for r in reports if r[0] is MessageKind.RESULT] == [(MessageKind.RESULT, i) for i in range(1, 6)]
+    assert (MessageKind.PROGRESS, 4) in reports  # a result waiting for the thread's barrier
+
+
+def test_an_idle_worker_runs_even_a_slow_barrier_itself(monkeypatch, tmp_path) -> None:
+    threads: list = []
+    monkeypatch.setattr(outbox_module, "make_durable",
+                        lambda paths, whole_fs=False: threads.append(threading.current_thread()) or len(paths))
+    sent: list = []
+    box = Outbox(sent.append, quick_barrier_s=0.0)  # every barrier taken as slow
+    box.saved([tmp_path / "f"])
+    box.put(result(7))
+    box.flush(idle=True)  # nothing more in hand: no reason to hand the wait to the thread
+    assert threads == [threading.main_thread()] and [(m.kind, m.task_id) for m in sent] == [(MessageKind.RESULT, 7)]
+    box.close()
+
+
+def test_reports_never_overtake_a_group_still_in_the_senders_barrier(monkeypatch, tmp_path) -> None:
+    release = threading.Event()
+    calls: list = []
+
+    def durable(paths, whole_fs=False):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            release.wait(5)  # the thread's barrier of group 1 is slow
+        return len(paths)
+
+    monkeypatch.setattr(outbox_module, "make_durable", durable)
+    sent: list = []
+    box = Outbox(sent.append, quick_barrier_s=0.0)
+    box.saved([tmp_path / "a"])
+    box.put(result(1))
+    box.flush()  # to the thread, which waits in the barrier
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.002)
+    box.quick_barrier_s = 1.0  # barriers now taken as quick: the next flush would run here...
+    box.saved([tmp_path / "b"])
+    box.put(result(2))
+    box.flush(idle=True)  # ...but group 1 is still on its way: group 2 queues behind it
+    release.set()
+    box.close()
+    results = [m.task_id for message in sent for m in _unpack(message) if m.kind is MessageKind.RESULT]
+    assert results == [1, 2]
