@@ -11,10 +11,11 @@ group) and then sends the reports, in order, in one pipe write.
 Where that barrier is quick (tmpfs, a fast disk: the recent ones took less
 than :data:`QUICK_BARRIER_S`), or the worker has nothing else to do, the
 worker runs it itself between two files. Where it is slow, it goes to a
-sender thread, so that the disk wait overlaps the next files' work; the
-worker then says at once that it has processed those files
+sender thread, so that the disk wait overlaps the next files' work, for up
+to :data:`SLOW_GROUP` results at a time; the worker says every
+:data:`FLUSH_EVERY` results that it has processed those files
 (:class:`~workers.messages.Progress`), so the supervisor sends it the next
-ones while the barrier runs. (Handing every group to the thread cost about
+ones while their reports wait. (Handing every group to the thread cost about
 40 µs of CPU per small file, in switches of the interpreter lock between the
 two threads, where the barrier itself took 20 µs.) Either way reports leave
 in the order they were made. The sender thread also takes reports that have
@@ -39,8 +40,9 @@ from workers.durability import make_durable
 from workers.messages import FileResult, MessageKind, Progress, Report, Reports, ResultStatus
 
 FLUSH_AFTER_S = 0.02  # a report waits at most about this long (plus the file in progress) for the next ones
-FLUSH_EVERY = 8  # results handed on together at most: the supervisor refills the worker while it works on
+FLUSH_EVERY = 8  # results sent together (or said processed) at most: the supervisor refills the worker meanwhile
 QUICK_BARRIER_S = 0.0005  # barriers taking less than this (a moving average) are run by the worker itself
+SLOW_GROUP = 32  # results per barrier when barriers are slow (each handover to the sender thread costs CPU)
 
 _Group = tuple[list[Report], list[Path], bool]  # reports, files to make durable, whole file system allowed
 
@@ -59,6 +61,7 @@ class Outbox:
         self._whole_fs = True
         self._since: float | None = None
         self._results = 0
+        self._said = 0  # of the held results, how many the supervisor was told are processed
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # the pipe is written by this thread (progress) and the sender
         self._groups: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
@@ -87,16 +90,22 @@ class Outbox:
             self._whole_fs = self._whole_fs and whole_fs
 
     def due(self) -> bool:
-        """True when the held reports should go now (even though more files are in hand)."""
-        return self._results >= FLUSH_EVERY or (
+        """True when the held reports should go, or be said processed, now (even though more files are in hand)."""
+        return self._results - self._said >= FLUSH_EVERY or (
             self._since is not None and time.monotonic() - self._since >= FLUSH_AFTER_S)
 
     def flush(self, idle: bool = False) -> None:
-        """Make the held reports' files durable and send the reports: here, when barriers are quick or the
-        worker is ``idle`` (has nothing more in hand), otherwise in the sender thread."""
+        """Make the held reports' files durable and send the reports: here, when barriers are quick, there
+        is no file to wait for, or the worker is ``idle`` (has nothing more in hand); otherwise in the
+        sender thread, once :data:`SLOW_GROUP` results (or a report :data:`FLUSH_AFTER_S` old) are held,
+        and till then only say the files are processed."""
+        self._flush(idle=idle, hold=not idle)
+
+    def _flush(self, *, idle: bool, hold: bool) -> None:
         if self.error is not None:
             raise self.error
-        if (idle or self.barrier_s < self.quick_barrier_s) and self._order.acquire(blocking=False):
+        if (idle or not self._unsynced or self.barrier_s < self.quick_barrier_s) \
+                and self._order.acquire(blocking=False):
             try:
                 if not self._queued:  # nothing older is still on its way through the thread
                     group = self._take(0.0)
@@ -105,6 +114,10 @@ class Outbox:
                     return
             finally:
                 self._order.release()
+        if hold and self._results < SLOW_GROUP and self._since is not None \
+                and time.monotonic() - self._since < FLUSH_AFTER_S:
+            self._say_processed()  # the group grows on: one slow barrier for more files
+            return
         group = self._take(0.0)
         if group is None:
             return
@@ -114,6 +127,15 @@ class Outbox:
         with self._lock:
             self._queued += 1
         self._groups.put(group)
+
+    def _say_processed(self) -> None:
+        """Tell the supervisor the held results' files are processed (their reports wait for a barrier)."""
+        with self._lock:
+            last = next((m.task_id for m in reversed(self._messages) if m.kind is MessageKind.RESULT), None)
+            fresh = self._results > self._said
+            self._said = self._results
+        if last is not None and fresh:
+            self._deliver(Progress(task_id=last))
 
     def _deliver(self, message: Any) -> None:
         with self._send_lock:
@@ -125,13 +147,13 @@ class Outbox:
             if not self._messages or time.monotonic() - (self._since or 0.0) < min_age_s:
                 return None
             group = (self._messages, self._unsynced, self._whole_fs)
-            self._messages, self._unsynced, self._since, self._results = [], [], None, 0
+            self._messages, self._unsynced, self._since, self._results, self._said = [], [], None, 0, 0
             self._whole_fs = True
             return group
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, and wait until everything handed on was sent."""
-        self.flush()
+        """Hand everything held on, and wait until it was sent."""
+        self._flush(idle=False, hold=False)
         self._groups.put(None)
         self._sender.join(timeout)
 

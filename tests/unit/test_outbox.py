@@ -282,3 +282,26 @@ def test_reports_never_overtake_a_group_still_in_the_senders_barrier(monkeypatch
     box.close()
     results = [m.task_id for message in sent for m in _unpack(message) if m.kind is MessageKind.RESULT]
     assert results == [1, 2]
+
+
+def test_slow_barriers_cover_larger_groups_and_files_are_said_processed_meanwhile(monkeypatch, tmp_path) -> None:
+    barriers: list = []
+    monkeypatch.setattr(outbox_module, "FLUSH_AFTER_S", 10.0)  # no group goes for its age in this test
+    monkeypatch.setattr(outbox_module, "make_durable", lambda paths, whole_fs=False: barriers.append(len(paths)))
+    sent: list = []
+    box = Outbox(sent.append, quick_barrier_s=0.0)  # every barrier taken as slow
+    task_id = 0
+    for _batch in range(outbox_module.SLOW_GROUP // outbox_module.FLUSH_EVERY):
+        for _ in range(outbox_module.FLUSH_EVERY):
+            task_id += 1
+            box.saved([tmp_path / f"f{task_id}"])
+            box.put(result(task_id))
+        assert box.due()
+        box.flush()  # as the worker does when due
+        assert not box.due()
+    box.close()
+    kinds = [(m.kind, m.task_id) for message in sent for m in _unpack(message)]
+    progress = [t for k, t in kinds if k is MessageKind.PROGRESS]
+    assert progress[:3] == [8, 16, 24]  # said processed every FLUSH_EVERY results, while the group grew
+    assert barriers == [outbox_module.SLOW_GROUP]  # one barrier for the whole group
+    assert [t for k, t in kinds if k is MessageKind.RESULT] == list(range(1, task_id + 1))
