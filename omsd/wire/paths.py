@@ -136,11 +136,12 @@ def _plain_walk(root_resolved: Path, parts: tuple[str, ...]) -> Located | None:
     ``root_resolved`` has no symlinks and the parts are plain names, so the join is then exactly
     what ``realpath`` would give, for one ``lstat`` per existing component under the root.
     """
-    current = os.fspath(root_resolved)
-    joined = os.path.join(current, *parts)
+    base = os.fspath(root_resolved).rstrip("/")  # absolute and normalised ("" for "/"): joined by hand
+    joined = "/".join((base, *parts)) if parts else os.fspath(root_resolved)
+    current = base
     modes = []
     for part in parts:
-        current = os.path.join(current, part)
+        current = f"{current}/{part}"
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
