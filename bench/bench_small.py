@@ -250,8 +250,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     try:
         probe = LatencyProbe(broker.bootstrap, probes)
         for round_no in range(1, args.repeat + 1):
-            if args.repeat > 1:
-                print(f"\nround {round_no} of {args.repeat}", flush=True)
+            if args.repeat > 1:  # the host's speed moves within minutes: said again for every round
+                print(f"\nround {round_no} of {args.repeat}; {host_speed()}", flush=True)
             # A round of its own: fresh topics (the latency files of a round before would otherwise be on
             # disk already), groups, output directories and omsd state (its registry knows earlier files).
             here = work if args.repeat == 1 else work / f"round{round_no}"
