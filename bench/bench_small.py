@@ -250,14 +250,18 @@ def run(args: argparse.Namespace) -> list[Result]:
     try:
         probe = LatencyProbe(broker.bootstrap, probes)
         for round_no in range(1, args.repeat + 1):
+            # Rounds take the readers in turn first: whoever runs first finds the host's memory warmest (see
+            # bench/README.md, session 9), so a fixed order would favour one of them in every round.
+            shift = (round_no - 1) % len(readers)
+            order = readers[shift:] + readers[:shift]
             if args.repeat > 1:  # the host's speed moves within minutes: said again for every round
-                print(f"\nround {round_no} of {args.repeat}; {host_speed()}", flush=True)
+                print(f"\nround {round_no} of {args.repeat} ({', '.join(order)}); {host_speed()}", flush=True)
             # A round of its own: fresh topics (the latency files of a round before would otherwise be on
             # disk already), groups, output directories and omsd state (its registry knows earlier files).
             here = work if args.repeat == 1 else work / f"round{round_no}"
             (here / "logs").mkdir(parents=True, exist_ok=True)
             topics = {reader: f"bench_small_{reader}" + (f"_r{round_no}" if args.repeat > 1 else "")
-                      for reader in readers}
+                      for reader in order}
             for topic in topics.values():
                 t = time.monotonic()
                 produce_omsd_format(broker.bootstrap, topic, files)
