@@ -250,8 +250,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     try:
         probe = LatencyProbe(broker.bootstrap, probes)
         for round_no in range(1, args.repeat + 1):
-            # Rounds take the readers in turn first: whoever runs first finds the host's memory warmest (see
-            # bench/README.md, session 9), so a fixed order would favour one of them in every round.
+            # Rounds take the readers in turn first: on this host a reader's time depends on what ran just
+            # before it (bench/README.md, session 9), so a fixed order would weigh on the same one every round.
             shift = (round_no - 1) % len(readers)
             order = readers[shift:] + readers[:shift]
             if args.repeat > 1:  # the host's speed moves within minutes: said again for every round
