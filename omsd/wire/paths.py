@@ -91,14 +91,7 @@ def locate_under(root: os.PathLike[str] | str, subdir_str: str, filename: str) -
     """:func:`safe_path_under` as a string, for the per-file path of the workers' steps: no
     :class:`~pathlib.Path` objects, and the modes its check saw, so that the caller needs no
     further ``stat`` to know whether the directory exists and whether a directory is in the way."""
-    parts = safe_parts(subdir_str, filename)
-    try:
-        found = _plain_walk(_resolved_root(root), parts)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UnsafePathError(f"path {'/'.join(parts)!r} cannot be resolved under {str(root)!r}: {exc}") from exc
-    if found is not None:
-        return found
-    return Located(os.fspath(_resolve_parts(root, parts)), None, None)
+    return _locate(root, safe_parts(subdir_str, filename))
 
 
 _RESOLVED_ROOTS: dict[str, Path] = {}
@@ -121,23 +114,18 @@ def _resolved_root(root: os.PathLike[str] | str) -> Path:
     return resolved
 
 
-def _plain_join(root_resolved: Path, parts: tuple[str, ...]) -> Path | None:
-    """``root_resolved/parts`` if no existing component under the root is a symlink, else None."""
-    found = _plain_walk(root_resolved, parts)
-    return None if found is None else Path(found.path)
-
-
 _MISSING = -1  # the mode of a component that does not exist
 
 
 def _plain_walk(root_resolved: Path, parts: tuple[str, ...]) -> Located | None:
-    """``root_resolved/parts`` if no existing component under the root is a symlink, else None.
+    """``root_resolved/parts`` (at least one part) if no existing component under the root is a
+    symlink, else None.
 
     ``root_resolved`` has no symlinks and the parts are plain names, so the join is then exactly
     what ``realpath`` would give, for one ``lstat`` per existing component under the root.
     """
     base = os.fspath(root_resolved).rstrip("/")  # absolute and normalised ("" for "/"): joined by hand
-    joined = "/".join((base, *parts)) if parts else os.fspath(root_resolved)
+    joined = "/".join((base, *parts))
     current = base
     modes = []
     for part in parts:
@@ -154,7 +142,7 @@ def _plain_walk(root_resolved: Path, parts: tuple[str, ...]) -> Located | None:
         modes.append(mode)
     modes += [_MISSING] * (len(parts) - len(modes))
     parent_is_dir = None if len(parts) < 2 else modes[-2] != _MISSING and stat.S_ISDIR(modes[-2])
-    target_is_dir = modes[-1] != _MISSING and stat.S_ISDIR(modes[-1]) if parts else None
+    target_is_dir = modes[-1] != _MISSING and stat.S_ISDIR(modes[-1])
     return Located(joined, parent_is_dir, target_is_dir)
 
 
@@ -174,15 +162,20 @@ def resolve_under(root: os.PathLike[str] | str, relative: PurePosixPath | str) -
 
 def _resolve_parts(root: os.PathLike[str] | str, parts: tuple[str, ...]) -> Path:
     """``root/parts`` (plain components) with the symlinks under ``root`` resolved; refused outside it."""
+    return Path(_locate(root, parts).path)
+
+
+def _locate(root: os.PathLike[str] | str, parts: tuple[str, ...]) -> Located:
+    """What :func:`_resolve_parts` finds, with the modes the walk saw when no symlink had to be resolved."""
     shown = "/".join(parts)
     try:
         root_resolved = _resolved_root(root)
-        target = _plain_join(root_resolved, parts) if parts else None
-        if target is not None:
-            return target
+        found = _plain_walk(root_resolved, parts) if parts else None
+        if found is not None:
+            return found
         target = (root_resolved / Path(*parts)).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unencodable name
         raise UnsafePathError(f"path {shown!r} cannot be resolved under {str(root)!r}: {exc}") from exc
     if target == root_resolved or root_resolved not in target.parents:
         raise UnsafePathError(f"path {shown!r} resolves outside {str(root_resolved)!r}")
-    return target
+    return Located(os.fspath(target), None, None)
