@@ -15,9 +15,7 @@ worker's per-file path can be judged by them:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing
-import os
 import random
 import shutil
 import statistics
@@ -31,6 +29,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_download import generate  # noqa: E402
 from precompile import compile_sources  # noqa: E402
 from workers.main import worker_main  # noqa: E402
 from workers.messages import FileMeta, FileTask, MessageKind, Stop, Tasks  # noqa: E402
@@ -40,17 +39,16 @@ HELD_AT_MOST = 32
 
 
 def stage(directory: Path, n: int, seed: int) -> list[FileTask]:
-    """``n`` staged files of 1-64 KiB in four subdirectories, and the tasks that name them."""
+    """``n`` staged files of 1-64 KiB (generated as the other benches generate theirs), and the tasks
+    that name them."""
     rng = random.Random(seed)
     tasks = []
-    for i in range(n):
-        data = rng.randbytes(rng.randint(1024, 65536))
-        path = directory / f"s{i}"
-        path.write_bytes(data)
-        meta = FileMeta(relative_path=f"sub{i % 4}/f{i}.dat", subdir_str=f"sub{i % 4}", filename=f"f{i}.dat",
-                        file_hash=hashlib.sha512(data).digest(), file_mtime=1_700_000_000.0, topic="bench")
-        tasks.append(FileTask(task_id=i, path=str(path), size=len(data), file=meta, pipelines=("save",), done={},
-                              chunks=((1, 0, len(data), meta.file_hash),), sync_whole_fs=True))
+    for i, source in enumerate(generate(directory, n, [rng.randint(1024, 65536) for _ in range(n)])):
+        subdir, _, filename = source.relative_path.rpartition("/")
+        meta = FileMeta(relative_path=source.relative_path, subdir_str=subdir, filename=filename,
+                        file_hash=source.sha512, file_mtime=1_700_000_000.0, topic="bench")
+        tasks.append(FileTask(task_id=i, path=str(source.path), size=source.size, file=meta, pipelines=("save",),
+                              done={}, chunks=((1, 0, source.size, source.sha512),), sync_whole_fs=True))
     return tasks
 
 
