@@ -220,7 +220,7 @@ class Registry:
             for rel_path, sha512, generation in self.db.execute(
                     f"SELECT rel_path, sha512, generation FROM files WHERE topic=? "
                     f"AND rel_path IN ({','.join('?' * len(batch))})", (topic, *batch)):
-                latest, hashes = found.setdefault(rel_path, (0, set()))
+                latest, hashes = found.get(rel_path, (0, set()))
                 found[rel_path] = (max(latest, generation), hashes | {sha512})
             for rel_path in batch:
                 latest, hashes = found.get(rel_path, (0, set()))
