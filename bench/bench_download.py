@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from inotify_watch import TreeWatch  # noqa: E402
+from diskprobe import describe_disk  # noqa: E402
 from precompile import compile_sources  # noqa: E402
 
 SESSION_TIMEOUT_MS = 2000
@@ -617,6 +618,7 @@ def run(args: argparse.Namespace) -> list[Timing]:
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}")
     print(host_speed())
+    print(describe_disk(work))
     t = time.monotonic()
     files = generate(work / "data", args.files, size)
     total = sum(f.size for f in files)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diskprobe import describe_disk  # noqa: E402
 from precompile import compile_sources  # noqa: E402
 from bench_download import (  # noqa: E402
     HEARTBEAT_INTERVAL_MS, POLL_S, READERS, REPO, SESSION_TIMEOUT_MS, Profiler, SourceFile, Timing, Verifier,
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     print(f"work dir: {work}")
     print(f"CPUs: {os.cpu_count()}   python: {sys.version.split()[0]}   load average {os.getloadavg()[0]:.1f}")
     print(host_speed())
+    print(describe_disk(work))
     files = generate(work / "data", args.files, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.files)])
     probes = generate(work / "latency", args.latency, [rng.randint(MIN_SIZE, MAX_SIZE) for _ in range(args.latency)],
                       stem="latency")
@@ -254,11 +256,12 @@ def run(args: argparse.Namespace) -> list[Result]:
             # before it (bench/README.md, session 9), so a fixed order would weigh on the same one every round.
             shift = (round_no - 1) % len(readers)
             order = readers[shift:] + readers[:shift]
-            if args.repeat > 1:  # the host's speed moves within minutes: said again for every round
-                print(f"\nround {round_no} of {args.repeat} ({', '.join(order)}); {host_speed()}", flush=True)
             # A round of its own: fresh topics (the latency files of a round before would otherwise be on
             # disk already), groups, output directories and omsd state (its registry knows earlier files).
             here = work if args.repeat == 1 else work / f"round{round_no}"
+            if args.repeat > 1:  # the host's and the disk's speed move within minutes: said again every round
+                print(f"\nround {round_no} of {args.repeat} ({', '.join(order)}); {host_speed()}\n"
+                      f"{describe_disk(here)}", flush=True)
             (here / "logs").mkdir(parents=True, exist_ok=True)
             topics = {reader: f"bench_small_{reader}" + (f"_r{round_no}" if args.repeat > 1 else "")
                       for reader in order}
