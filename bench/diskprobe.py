@@ -13,14 +13,13 @@ them would make the next reader's file creations slower on exactly the disks the
 
 from __future__ import annotations
 
-import itertools
 import os
+import tempfile
 import time
 from pathlib import Path
 
 PROBE_FILES = 200
 PROBE_BYTES = 32 << 10
-_rounds = itertools.count(1)
 
 
 def file_system(path: Path) -> str:
@@ -47,8 +46,8 @@ def file_system(path: Path) -> str:
 def creation_cost_us(directory: Path, n: int = PROBE_FILES, size: int = PROBE_BYTES) -> float:
     """CPU µs this process spends creating one ``size``-byte file in ``directory`` (temporary name,
     write, rename: what every reader does per small file), over ``n`` new files in a new subdirectory."""
-    probe_dir = directory / f"disk-probe-{os.getpid()}-{next(_rounds)}"
-    probe_dir.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe_dir = tempfile.mkdtemp(prefix="disk-probe-", dir=directory)
     data = os.urandom(size)
     started = time.process_time()
     for i in range(n):
